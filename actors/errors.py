@@ -1,0 +1,175 @@
+"""The closed error taxonomy of lipserve.
+
+Every failure a user can see is one of these classes. Each carries a stable ``code`` (what clients
+switch on), a ``retryable`` flag (whether trying the same job again can help) and a message that
+names the file or stage and the reason. The replaced system failed with ``str(queue.Empty()) == ""``;
+here a message can never be empty: the constructor refuses one.
+
+Input errors are the caller's to fix and are never retried. Worker errors (lost process, out of
+memory, stuck stage, internal bug) are retried by the job runner with backoff.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorCode(str, Enum):
+    # Input errors (not retryable).
+    UNREADABLE_FILE = "unreadable_file"
+    NO_AUDIO_STREAM = "no_audio_stream"
+    NO_VIDEO_STREAM = "no_video_stream"
+    EMPTY_AUDIO = "empty_audio"
+    NO_FACE = "no_face"
+    MEDIA_TOO_LARGE = "media_too_large"
+    MEDIA_TOO_LONG = "media_too_long"
+    INVALID_PARAMETER = "invalid_parameter"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    # Worker / system errors (retryable).
+    WORKER_LOST = "worker_lost"
+    OUT_OF_MEMORY = "out_of_memory"
+    STAGE_TIMEOUT = "stage_timeout"
+    INTERNAL = "internal"
+    # Terminal but not an error of the input.
+    CANCELLED = "cancelled"
+
+
+class LipserveError(Exception):
+    """Base class: a typed, never-empty error."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str, *, path: str | None = None, stage: str | None = None):
+        message = (message or "").strip()
+        if not message:
+            # Never let an empty message escape: say at least what kind of failure it was.
+            message = f"{type(self).__name__} ({self.code.value}) without further detail"
+        self.path = str(path) if path is not None else None
+        self.stage = stage
+        prefix = f"{self.path}: " if self.path and self.path not in message else ""
+        self.message = prefix + message
+        super().__init__(self.message)
+
+    def __reduce__(self):  # keep the type and fields across Ray / pickle boundaries
+        return (_rebuild_error, (type(self), self.message, self.path, self.stage))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "retryable": self.retryable}
+
+
+def _rebuild_error(cls, message, path, stage):
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.message, err.path, err.stage = message, path, stage
+    return err
+
+
+class InputError(LipserveError):
+    """The request's inputs are wrong; retrying the same job cannot help."""
+
+    retryable = False
+
+
+class UnreadableFileError(InputError):
+    code = ErrorCode.UNREADABLE_FILE
+
+
+class NoAudioStreamError(InputError):
+    code = ErrorCode.NO_AUDIO_STREAM
+
+
+class NoVideoStreamError(InputError):
+    code = ErrorCode.NO_VIDEO_STREAM
+
+
+class EmptyAudioError(InputError):
+    code = ErrorCode.EMPTY_AUDIO
+
+
+class NoFaceError(InputError):
+    code = ErrorCode.NO_FACE
+
+
+class MediaTooLargeError(InputError):
+    code = ErrorCode.MEDIA_TOO_LARGE
+
+
+class MediaTooLongError(InputError):
+    code = ErrorCode.MEDIA_TOO_LONG
+
+
+class InvalidParameterError(InputError):
+    code = ErrorCode.INVALID_PARAMETER
+
+
+class ModelLoadError(InputError):
+    """A checkpoint / model file that cannot be loaded (wrong format, wrong keys or shapes)."""
+
+    code = ErrorCode.MODEL_LOAD_FAILED
+
+
+class RetryableError(LipserveError):
+    """A worker-side failure; the same job may well succeed on another attempt."""
+
+    retryable = True
+
+
+class WorkerLostError(RetryableError):
+    code = ErrorCode.WORKER_LOST
+
+
+class OutOfMemoryError(RetryableError):
+    code = ErrorCode.OUT_OF_MEMORY
+
+
+class StageTimeoutError(RetryableError):
+    code = ErrorCode.STAGE_TIMEOUT
+
+
+class InternalError(RetryableError):
+    code = ErrorCode.INTERNAL
+
+
+class CancelledError(LipserveError):
+    code = ErrorCode.CANCELLED
+    retryable = False
+
+
+ALL_ERRORS: tuple[type[LipserveError], ...] = (
+    UnreadableFileError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    EmptyAudioError,
+    NoFaceError,
+    MediaTooLargeError,
+    MediaTooLongError,
+    InvalidParameterError,
+    ModelLoadError,
+    WorkerLostError,
+    OutOfMemoryError,
+    StageTimeoutError,
+    InternalError,
+    CancelledError,
+)
+
+
+def as_lipserve_error(exc: BaseException, *, stage: str | None = None) -> LipserveError:
+    """Map any exception to the taxonomy, keeping typed errors as they are.
+
+    Classification is by type, never by matching message strings.
+    """
+    if isinstance(exc, LipserveError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return OutOfMemoryError(f"out of memory{f' in {stage}' if stage else ''}: {exc!r}", stage=stage)
+    try:  # torch's CUDA OOM is a distinct type; import lazily so this module stays light
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return OutOfMemoryError(f"GPU out of memory{f' in {stage}' if stage else ''}: {exc}", stage=stage)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    where = f" in {stage}" if stage else ""
+    return InternalError(f"{type(exc).__name__}{where}: {exc}".rstrip(": "), stage=stage)

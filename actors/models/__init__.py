@@ -1,0 +1,1 @@
+"""Lip-sync generator networks (Wav2Lip) and their loaders."""
