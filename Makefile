@@ -1,0 +1,33 @@
+# Two set-up commands: `make demo` and `make test`. Both create/refresh ./.venv from pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp changes whenever pyproject.toml changes, so a pin bump reinstalls.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install test demo serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: install
+	$(VENV)/bin/lipserve demo
+
+serve: install
+	$(VENV)/bin/lipserve serve --config configs/local.yaml
+
+bench: install
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_service.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,185 @@
+"""Avatar cache: the per-template work, done once and reused by every later job.
+
+Preparing a template (probe, face tracking over every frame, face crops at the generator's size) is
+the expensive part of a job that does not depend on the audio. It is keyed by the template's content
+hash plus the preprocessing parameters, written to disk atomically (build in a temp dir, then
+rename), and opened read-only (crops are memory-mapped) by later jobs, other actors and job retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from actors.compose import crop_box, extract_crop
+from actors.errors import InvalidParameterError, NoFaceError
+from actors.face.detector import make_detector
+from actors.face.tracking import boxes_from_override, track_faces
+from actors.limits import MediaLimits
+from actors.template import TemplateInfo, iter_frames, probe_template
+
+# Bump when the on-disk layout or the preprocessing changes, so stale caches are not reused.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AvatarParams:
+    """Everything besides the template bytes that changes the cached result."""
+
+    crop_size: int = 160
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's default)
+    detect_every: int = 5
+    smooth_window: int = 5
+    box: tuple[int, int, int, int] | None = None  # user override: x1 y1 x2 y2
+    detector_model: str | None = None  # path of an ONNX detector; None = embedded Haar cascade
+
+    def fingerprint(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass
+class Avatar:
+    """A prepared template. Cheap to pickle: arrays are loaded lazily from ``directory``."""
+
+    key: str
+    directory: str
+    info: TemplateInfo
+    crop_size: int
+    faces_found: int
+
+    @property
+    def n_frames(self) -> int:
+        return self.info.n_frames
+
+    def boxes(self) -> np.ndarray:
+        """int32[n, 4] padded crop boxes (x1, y1, x2, y2) in upright frame coordinates."""
+        return np.load(os.path.join(self.directory, "boxes.npy"))
+
+    def present(self) -> np.ndarray:
+        """bool[n]: whether the template frame has a face (frames without pass through unchanged)."""
+        return np.load(os.path.join(self.directory, "present.npy"))
+
+    def crops(self) -> np.ndarray:
+        """uint8[n, S, S, 3] face crops, memory-mapped read-only (zeros where no face)."""
+        return np.load(os.path.join(self.directory, "crops.npy"), mmap_mode="r")
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _info_to_json(info: TemplateInfo) -> dict:
+    d = dataclasses.asdict(info)
+    d["fps"] = [info.fps.numerator, info.fps.denominator]
+    d["path"] = str(info.path)
+    return d
+
+
+def _info_from_json(d: dict, path: str) -> TemplateInfo:
+    d = dict(d)
+    d["fps"] = Fraction(*d["fps"])
+    d["path"] = path
+    return TemplateInfo(**d)
+
+
+class AvatarCache:
+    """Builds and finds prepared templates under ``root``."""
+
+    def __init__(self, root: str | os.PathLike, limits: MediaLimits | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or MediaLimits()
+
+    def key_for(self, video_path: str | os.PathLike, params: AvatarParams, digest: str | None = None) -> str:
+        digest = digest or file_digest(video_path)
+        material = f"v{CACHE_VERSION}|{digest}|{params.fingerprint()}"
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def get(self, key: str, video_path: str | os.PathLike) -> Avatar | None:
+        directory = self.root / key
+        meta_path = directory / "meta.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        return Avatar(
+            key=key,
+            directory=str(directory),
+            info=_info_from_json(meta["info"], str(video_path)),
+            crop_size=meta["crop_size"],
+            faces_found=meta["faces_found"],
+        )
+
+    def get_or_build(self, video_path: str | os.PathLike, params: AvatarParams, digest: str | None = None) -> Avatar:
+        key = self.key_for(video_path, params, digest)
+        return self.get(key, video_path) or self._build(key, Path(video_path), params)
+
+    def _build(self, key: str, video_path: Path, params: AvatarParams) -> Avatar:
+        if params.crop_size < 16:
+            raise InvalidParameterError(f"crop_size must be >= 16, got {params.crop_size}")
+        info = probe_template(video_path, self.limits)
+        if params.box is not None:
+            track_boxes, present = boxes_from_override(params.box, info.n_frames)
+        else:
+            track = track_faces(
+                (frame for _, frame in iter_frames(video_path)),
+                make_detector(params.detector_model),
+                detect_every=params.detect_every,
+                smooth_window=params.smooth_window,
+            )
+            track_boxes, present = track.boxes, track.present
+        # The container may announce more frames than it decodes; trust what the tracker saw.
+        n = min(len(present), info.n_frames)
+        if n == 0 or not present[:n].any():
+            raise NoFaceError(
+                "no face found in any frame of the template (frontal face expected; pass --box X1 Y1 X2 Y2 "
+                "to set the face region by hand)",
+                path=str(video_path),
+            )
+        if n != info.n_frames:
+            info = dataclasses.replace(info, n_frames=n, duration_s=float(n / info.fps))
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            S = params.crop_size
+            boxes = np.zeros((n, 4), np.int32)
+            crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+            for i, frame in iter_frames(video_path, stop=n):
+                if i >= n:
+                    break
+                if present[i]:
+                    box = crop_box(track_boxes[i], frame.shape[1], frame.shape[0], params.pads)
+                    boxes[i] = box
+                    crops[i] = extract_crop(frame, box, S)
+            crops.flush()
+            del crops
+            np.save(tmp / "boxes.npy", boxes)
+            np.save(tmp / "present.npy", np.asarray(present[:n], bool))
+            faces_found = int(np.count_nonzero(present[:n]))
+            meta = {"info": _info_to_json(info), "crop_size": S, "faces_found": faces_found,
+                    "params": json.loads(params.fingerprint()), "version": CACHE_VERSION}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.rename(tmp, self.root / key)
+            except OSError:
+                # Another job built the same avatar first: theirs is identical, use it.
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        avatar = self.get(key, video_path)
+        assert avatar is not None
+        return avatar

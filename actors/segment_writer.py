@@ -1,0 +1,92 @@
+"""Segment writer: template frames + generated face crops -> one encoded, independent segment.
+
+This is the core of ``WriterActor``. It decodes the template frames a segment needs itself (full
+frames never travel between processes: only the small generated crops do), pastes the crops back
+with the feathered lower-face mask, and encodes a closed-GOP H.264 segment. Writing the same segment
+twice produces the same file, atomically replaced, so a retried call is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Iterator
+
+import numpy as np
+
+from actors.avatar import Avatar
+from actors.compose import composite
+from actors.errors import InvalidParameterError
+from actors.template import iter_frames
+from actors.writer import encode_segment, join_segments
+
+
+def _contiguous_blocks(indices: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted distinct indices -> [(start, stop)) runs of consecutive values."""
+    uniq = np.unique(indices)
+    if uniq.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(uniq) > 1)
+    starts = np.concatenate([[uniq[0]], uniq[breaks + 1]])
+    ends = np.concatenate([uniq[breaks], [uniq[-1]]]) + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """yuv420p needs even dimensions: drop a trailing odd row/column."""
+    return width - width % 2, height - height % 2
+
+
+class SegmentWriter:
+    def __init__(self, codec: str = "libx264", crf: int = 18, preset: str = "veryfast", color_match: bool = True):
+        self.codec = codec
+        self.crf = crf
+        self.preset = preset
+        self.color_match = color_match
+
+    def _template_frames(self, avatar: Avatar, sources: np.ndarray) -> dict[int, np.ndarray]:
+        # A segment needs at most len(sources) distinct template frames (ping-pong and loop revisit
+        # them), so memory is bounded by the segment length, never by the clip length.
+        needed = set(sources.tolist())
+        frames: dict[int, np.ndarray] = {}
+        for start, stop in _contiguous_blocks(sources):
+            for i, frame in iter_frames(avatar.info.path, start=start, stop=stop):
+                if i in needed:
+                    frames[i] = frame
+        missing = needed - frames.keys()
+        if missing:
+            raise InvalidParameterError(
+                f"template decoded fewer frames than announced (missing {sorted(missing)[:5]})",
+                path=str(avatar.info.path),
+            )
+        return frames
+
+    def _composited(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
+                    generated: np.ndarray) -> Iterator[np.ndarray]:
+        frames = self._template_frames(avatar, sources)
+        boxes = avatar.boxes()
+        w, h = even_size(avatar.info.width, avatar.info.height)
+        k = 0
+        for src, has_face in zip(sources.tolist(), present.tolist()):
+            frame = frames[src]
+            if has_face:
+                frame = composite(frame, boxes[src], generated[k], color_match=self.color_match)
+                k += 1
+            yield np.ascontiguousarray(frame[:h, :w])
+
+    def write_segment(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
+                      generated: np.ndarray, out_path: str | os.PathLike) -> int:
+        """Encode one segment. ``generated`` holds one crop per True in ``present``, in order."""
+        sources = np.asarray(sources)
+        present = np.asarray(present, bool)
+        if int(present.sum()) != len(generated):
+            raise InvalidParameterError(
+                f"segment {os.fspath(out_path)}: {int(present.sum())} frames with a face but {len(generated)} generated crops"
+            )
+        w, h = even_size(avatar.info.width, avatar.info.height)
+        return encode_segment(self._composited(avatar, sources, present, generated), out_path,
+                              avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset)
+
+    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction) -> None:
+        """Join the segments without re-encoding and mux AAC from the original audio."""
+        join_segments(segment_paths, audio_path, out_path, fps)

@@ -1,0 +1,114 @@
+"""Typed configuration of the lipserve application.
+
+One pydantic model, ``LipserveArgs``, is the whole configuration: ``build_app(args)`` derives every
+Serve deployment option and every Ray actor option from it, so `serve run`, YAML configs
+(``applications[].args``) and KubeRay's ``serveConfigV2`` all speak the same schema.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingSettings(_Strict):
+    min_replicas: int = 1
+    max_replicas: int = 1
+    initial_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+
+
+class ActorFaultSettings(_Strict):
+    """Ray-level recovery of the pipeline's worker actors."""
+
+    max_restarts: int = 3
+    max_task_retries: int = 3
+
+
+class GeneratorSettings(_Strict):
+    backend: Literal["default", "mouth_warp", "wav2lip"] = "default"
+    checkpoint: str | None = None  # .pth/.pt (torch) or .onnx (onnxruntime); never downloaded
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = 32
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0  # fraction of a GPU per generator actor (e.g. 0.5 = two per GPU)
+
+
+class WriterSettings(_Strict):
+    pool_size: int = 2
+    num_cpus: float = 0.5
+    prefer_nvenc: bool = False
+    crf: int = 18
+    segment_frames: int = 50
+
+
+class JobSettings(_Strict):
+    max_queued_jobs: int = 100  # past this, POST answers 429 with Retry-After
+    retry_after_s: int = 10
+    max_attempts: int = 3
+    retry_backoff_s: float = 1.0  # doubled on each attempt
+    lease_s: float = 6.0  # a running job whose owner stops heartbeating this long is taken over
+    heartbeat_s: float = 1.0
+    max_inflight_segments: int = 4  # per job: bounded work in flight (backpressure)
+    stuck_factor: float = 10.0  # no progress for factor x expected segment time -> retry
+    min_stuck_s: float = 30.0
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_duration_s: float = 600.0
+    max_width: int = 3840
+    max_height: int = 3840
+
+
+class PipelineDeploymentSettings(_Strict):
+    max_ongoing_requests: int = 2  # concurrent jobs per pipeline replica
+    max_queued_requests: int = 64
+    num_cpus: float = 0.25
+    graceful_shutdown_timeout_s: float = 120.0
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+
+
+class IngressDeploymentSettings(_Strict):
+    num_replicas: int = 1
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 100
+    max_queued_requests: int = 200
+
+
+class LipserveArgs(_Strict):
+    """Arguments of ``serve_app.app:build_app``."""
+
+    storage_dir: str = Field(default_factory=lambda: os.path.abspath("var/lipserve"))
+    database_url: str | None = None  # default: sqlite file under storage_dir
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    pipeline: PipelineDeploymentSettings = Field(default_factory=PipelineDeploymentSettings)
+    ingress: IngressDeploymentSettings = Field(default_factory=IngressDeploymentSettings)
+    actor_faults: ActorFaultSettings = Field(default_factory=ActorFaultSettings)
+    warmup: bool = True
+    # Directory of fault-injection marker files, for the chaos tests only. None in production.
+    chaos_dir: str | None = None
+
+    @field_validator("storage_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
+
+    @property
+    def database_path(self) -> str:
+        return self.database_url or os.path.join(self.storage_dir, "jobs.sqlite3")
+
+    @classmethod
+    def from_any(cls, args: "LipserveArgs | dict[str, Any] | None") -> "LipserveArgs":
+        if isinstance(args, cls):
+            return args
+        return cls.model_validate(args or {})
