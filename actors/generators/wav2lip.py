@@ -1,0 +1,73 @@
+"""Wav2Lip as a :class:`~actors.generators.base.Generator` (96x96 crops, torch or onnxruntime)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from actors.errors import InvalidParameterError
+from actors.models.wav2lip import load_wav2lip
+
+CROP_SIZE = 96
+
+
+def build_face_input(faces: np.ndarray) -> np.ndarray:
+    """``uint8[B,96,96,3]`` BGR crops -> the network's ``float32[B,6,96,96]`` face input.
+
+    Channels 0-2: the crop with rows ``48:`` (the lower half, where the mouth goes) zeroed; channels
+    3-5: the unmasked crop as the identity reference. BGR order kept, values /255, NCHW.
+    """
+    x = np.asarray(faces, dtype=np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)  # [B,3,H,W]
+    masked = x.copy()
+    masked[:, :, x.shape[2] // 2 :, :] = 0.0
+    return np.ascontiguousarray(np.concatenate([masked, x], axis=1))
+
+
+def build_mel_input(mels: np.ndarray) -> np.ndarray:
+    """``float32[B,80,16]`` windows -> ``float32[B,1,80,16]`` (NaN/inf guarded)."""
+    m = np.asarray(mels, dtype=np.float32)
+    if m.ndim == 3:
+        m = m[:, None]
+    return np.ascontiguousarray(np.nan_to_num(m, nan=-4.0, posinf=4.0, neginf=-4.0))
+
+
+class Wav2LipGenerator:
+    """Wav2Lip generator over a user-supplied checkpoint (``.pth``/``.pt`` or ``.onnx``).
+
+    Runs in chunks of ``batch_size`` frames. Raises ``ModelLoadError`` from the constructor when the
+    checkpoint cannot be loaded and ``InvalidParameterError`` for wrongly shaped inputs.
+    """
+
+    name = "wav2lip"
+    crop_size = CROP_SIZE
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = 32):
+        if int(batch_size) < 1:
+            raise InvalidParameterError(f"wav2lip batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.checkpoint = str(checkpoint)
+        self.runner = load_wav2lip(checkpoint, device=device)
+        self.backend = self.runner.backend
+        self.device = self.runner.device
+
+    def generate(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        faces = np.asarray(faces)
+        mels = np.asarray(mels)
+        s = self.crop_size
+        if faces.ndim != 4 or faces.shape[1:] != (s, s, 3):
+            raise InvalidParameterError(f"wav2lip expects faces uint8[B,{s},{s},3], got {faces.shape}")
+        if mels.shape[-2:] != (80, 16) or mels.ndim not in (3, 4):
+            raise InvalidParameterError(f"wav2lip expects mels float32[B,80,16], got {mels.shape}")
+        if len(faces) != len(mels):
+            raise InvalidParameterError(f"wav2lip got {len(faces)} faces but {len(mels)} mel windows")
+        out = np.empty((len(faces), s, s, 3), np.uint8)
+        for lo in range(0, len(faces), self.batch_size):
+            hi = lo + self.batch_size
+            pred = self.runner(build_mel_input(mels[lo:hi]), build_face_input(faces[lo:hi]))  # [b,3,96,96]
+            pred = np.clip(pred.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255)
+            out[lo:hi] = pred.astype(np.uint8)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Wav2LipGenerator({self.checkpoint!r}, backend={self.backend!r}, device={self.device!r})"
