@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -86,7 +88,9 @@ class IngressDeploymentSettings(_Strict):
 class LipserveArgs(_Strict):
     """Arguments of ``serve_app.app:build_app``."""
 
-    storage_dir: str = Field(default_factory=lambda: os.path.abspath("var/lipserve"))
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    storage_dir: str = "var/lipserve"
     database_url: str | None = None  # default: sqlite file under storage_dir
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
@@ -98,10 +102,13 @@ class LipserveArgs(_Strict):
     # Directory of fault-injection marker files, for the chaos tests only. None in production.
     chaos_dir: str | None = None
 
-    @field_validator("storage_dir")
+    @field_validator("storage_dir", mode="after")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        return os.path.abspath(os.path.expanduser(v))
+        # Relative paths are taken from the project root, not from whichever process (driver,
+        # controller, replica) happens to validate the config, so every process agrees.
+        v = os.path.expanduser(v)
+        return v if os.path.isabs(v) else os.path.join(PROJECT_ROOT, v)
 
     @property
     def database_path(self) -> str:
