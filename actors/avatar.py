@@ -132,15 +132,16 @@ class AvatarCache:
             raise InvalidParameterError(f"crop_size must be >= 16, got {params.crop_size}")
         info = probe_template(video_path, self.limits)
         if params.box is not None:
-            track_boxes, present = boxes_from_override(params.box, info.n_frames)
+            track = boxes_from_override(params.box, info.n_frames)
         else:
             track = track_faces(
                 (frame for _, frame in iter_frames(video_path)),
                 make_detector(params.detector_model),
                 detect_every=params.detect_every,
                 smooth_window=params.smooth_window,
+                path=str(video_path),
             )
-            track_boxes, present = track.boxes, track.present
+        track_boxes, present = track.boxes, track.present
         # The container may announce more frames than it decodes; trust what the tracker saw.
         n = min(len(present), info.n_frames)
         if n == 0 or not present[:n].any():

@@ -85,7 +85,7 @@ def write_video(path: Path | str, frames, fps: Fraction | int = 25, audio: np.nd
         vs = out.add_stream(codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         if rotation is not None:
-            vs.metadata["rotate"] = str(rotation)
+            vs.set_display_rotation(-rotation)  # PyAV's angle is counter-clockwise
         a_s = out.add_stream("aac", rate=16000, layout="mono") if audio is not None else None
 
         def put(img, i):

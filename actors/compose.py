@@ -1,0 +1,170 @@
+"""Cut the face out of a frame and paste a generated mouth region back in.
+
+* :func:`crop_box` - the Wav2Lip-style padded crop box of a detected face, clipped to the frame.
+* :func:`extract_crop` - that region resized to the generator's square input.
+* :func:`lower_face_mask` - a feathered ellipse over the mouth and jaw, exactly 0 elsewhere.
+* :func:`composite` - blend a generated crop back into the frame through that mask, after a
+  per-channel colour transfer; every pixel where the mask is 0 (the upper face, the crop's borders
+  and everything outside the box) stays byte-identical to the input frame.
+
+All images are ``uint8`` BGR ``H x W x 3``. Boxes are ``(x1, y1, x2, y2)`` with exclusive ends.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from actors.errors import InvalidParameterError
+
+__all__ = ["crop_box", "extract_crop", "lower_face_mask", "composite", "color_transfer"]
+
+# Mask geometry, as fractions of the crop: an ellipse centred 72 % down, 60 % wide, 44 % high, so its
+# top touches the middle row and its bottom stays 6 % above the bottom edge.
+MASK_CENTER_Y = 0.72
+MASK_WIDTH = 0.60
+MASK_HEIGHT = 0.44
+# Share of the ellipse's radius that is fully opaque; the rest is a Gaussian feather down to 0.
+MASK_CORE = 0.45
+MASK_SHARPNESS = 3.0  # Gaussian feather exp(-s*t^2), shifted/rescaled to reach exactly 0 at the rim
+
+
+def crop_box(box: Sequence[float], frame_w: int, frame_h: int,
+             pads: Sequence[float] = (0, 10, 0, 0), relative: bool = False) -> tuple[int, int, int, int]:
+    """Padded integer crop box ``(x1, y1, x2, y2)`` of a face box, clipped to the frame.
+
+    ``pads`` = (top, bottom, left, right), in pixels like Wav2Lip's ``--pads`` (default: 10 px more
+    below the chin), or, with ``relative=True``, as fractions of the face box's height (top, bottom)
+    and width (left, right) so that the padding scales with the face.
+    """
+    try:
+        x1, y1, x2, y2 = (float(v) for v in list(box)[:4])
+        top, bottom, left, right = (float(p) for p in pads)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"crop_box needs a box (x1,y1,x2,y2) and four pads, got {box!r}, {pads!r}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2, top, bottom, left, right)):
+        raise InvalidParameterError(f"crop_box got a non-finite box or pad: {box!r}, {pads!r}")
+    if relative:
+        bw, bh = x2 - x1, y2 - y1
+        top, bottom, left, right = top * bh, bottom * bh, left * bw, right * bw
+    cx1 = max(0, int(math.floor(x1 - left)))
+    cy1 = max(0, int(math.floor(y1 - top)))
+    cx2 = min(int(frame_w), int(math.ceil(x2 + right)))
+    cy2 = min(int(frame_h), int(math.ceil(y2 + bottom)))
+    if cx2 - cx1 < 2 or cy2 - cy1 < 2:
+        raise InvalidParameterError(
+            f"face box {tuple(round(v, 1) for v in (x1, y1, x2, y2))} is empty or outside the {frame_w}x{frame_h} frame")
+    return cx1, cy1, cx2, cy2
+
+
+def _int_box(box: Sequence[float], frame: np.ndarray) -> tuple[int, int, int, int]:
+    h, w = frame.shape[:2]
+    x1, y1, x2, y2 = (int(round(float(v))) for v in list(box)[:4])
+    x1, x2 = max(0, x1), min(w, x2)
+    y1, y2 = max(0, y1), min(h, y2)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        raise InvalidParameterError(f"box {tuple(box)} is empty or outside the {w}x{h} frame")
+    return x1, y1, x2, y2
+
+
+def _check_image(img: np.ndarray, what: str) -> None:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise InvalidParameterError(f"{what} must be a uint8 HxWx3 BGR image, got {desc}")
+
+
+def extract_crop(frame: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """The frame's ``box`` region resized to ``size x size`` (``cv2.INTER_AREA``) -> uint8[size, size, 3]."""
+    _check_image(frame, "frame")
+    if int(size) < 1:
+        raise InvalidParameterError(f"crop size must be >= 1, got {size}")
+    x1, y1, x2, y2 = _int_box(box, frame)
+    return cv2.resize(frame[y1:y2, x1:x2], (int(size), int(size)), interpolation=cv2.INTER_AREA)
+
+
+def lower_face_mask(h: int, w: int) -> np.ndarray:
+    """Feathered elliptical mask over the mouth and jaw of an ``h x w`` face crop -> float32[h, w].
+
+    1 in the ellipse's core, falling off as a Gaussian that is shifted and rescaled to reach exactly
+    0 at the ellipse's rim; exactly 0 outside the ellipse, i.e. in the whole upper half of the crop
+    and near its left, right and bottom edges.
+    """
+    h, w = int(h), int(w)
+    if h < 1 or w < 1:
+        raise InvalidParameterError(f"mask size must be positive, got {h}x{w}")
+    ys = (np.arange(h, dtype=np.float64) + 0.5) / h
+    xs = (np.arange(w, dtype=np.float64) + 0.5) / w
+    dy = (ys - MASK_CENTER_Y) / (MASK_HEIGHT / 2)
+    dx = (xs - 0.5) / (MASK_WIDTH / 2)
+    r = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
+    t = np.clip((r - MASK_CORE) / (1.0 - MASK_CORE), 0.0, 1.0)
+    floor = math.exp(-MASK_SHARPNESS)
+    m = (np.exp(-MASK_SHARPNESS * t * t) - floor) / (1.0 - floor)
+    m[r >= 1.0] = 0.0
+    m[ys < 0.5, :] = 0.0
+    return np.clip(m, 0.0, 1.0).astype(np.float32)
+
+
+def color_transfer(src: np.ndarray, ref: np.ndarray, weight: np.ndarray, max_gain: float = 2.0) -> np.ndarray:
+    """Per-channel mean/std transfer of ``src`` toward ``ref`` (both float HxWx3), statistics taken
+    over ``weight > 0.5``; returns float32 (unclipped). The std gain is limited to
+    ``[1/max_gain, max_gain]`` so a flat region cannot blow the colours up."""
+    sel = weight > 0.5
+    if sel.sum() < 4:
+        return src.astype(np.float32)
+    s = src[sel].astype(np.float64)
+    r = ref[sel].astype(np.float64)
+    s_mean, s_std = s.mean(axis=0), s.std(axis=0)
+    r_mean, r_std = r.mean(axis=0), r.std(axis=0)
+    gain = np.where(s_std > 1e-3, r_std / np.maximum(s_std, 1e-3), 1.0)
+    gain = np.clip(gain, 1.0 / max_gain, max_gain)
+    out = (src.astype(np.float64) - s_mean) * gain + r_mean
+    return out.astype(np.float32)
+
+
+def composite(frame: np.ndarray, box: Sequence[float], generated_crop: np.ndarray,
+              original_crop: np.ndarray | None = None, color_match: bool = True,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend ``generated_crop`` into ``frame`` at ``box`` and return a new frame.
+
+    The crop is resized to the box, optionally colour-matched (per-channel mean/std over the mask's
+    core) to the original region - ``original_crop`` if given (any size; e.g. the crop that was fed
+    to the generator), else the frame's own box region - and alpha-blended through
+    :func:`lower_face_mask` (or ``mask``, float[h, w] in [0, 1] at the box's size). Pixels where the
+    mask is 0, and everything outside the box, are copied unchanged.
+    """
+    _check_image(frame, "frame")
+    _check_image(generated_crop, "generated crop")
+    x1, y1, x2, y2 = _int_box(box, frame)
+    bw, bh = x2 - x1, y2 - y1
+    gh, gw = generated_crop.shape[:2]
+    interp = cv2.INTER_AREA if (gw > bw and gh > bh) else cv2.INTER_CUBIC
+    gen = cv2.resize(generated_crop, (bw, bh), interpolation=interp).astype(np.float32)
+    region = frame[y1:y2, x1:x2]
+    if mask is None:
+        m = lower_face_mask(bh, bw)
+    else:
+        m = np.asarray(mask, np.float32)
+        if m.shape != (bh, bw):
+            raise InvalidParameterError(f"mask shape {m.shape} does not match the box size {(bh, bw)}")
+        m = np.clip(m, 0.0, 1.0)
+    if color_match:
+        if original_crop is not None:
+            _check_image(original_crop, "original crop")
+            ref = original_crop
+            if ref.shape[:2] != (bh, bw):
+                ref = cv2.resize(ref, (bw, bh), interpolation=cv2.INTER_AREA)
+        else:
+            ref = region
+        gen = color_transfer(gen, ref.astype(np.float32), m)
+    a = m[..., None]
+    blended = region.astype(np.float32) * (1.0 - a) + gen * a
+    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    zero = m <= 0.0
+    blended[zero] = region[zero]
+    out = frame.copy()
+    out[y1:y2, x1:x2] = blended
+    return out
