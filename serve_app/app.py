@@ -12,7 +12,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import LipserveArgs
-from serve_app.ingress import IngressServer, api
+from serve_app.ingress import IngressServer, build_api
 from serve_app.pipeline_server import PipelineServer
 
 
@@ -56,5 +56,5 @@ def build_app(args: LipserveArgs | dict[str, Any] | None = None) -> Application:
     args = LipserveArgs.from_any(args)
     config = args.model_dump()  # plain data crosses to the replicas
     pipeline = serve.deployment(PipelineServer, **pipeline_options(args)).bind(config)
-    ingress_cls = serve.ingress(api)(IngressServer)
+    ingress_cls = serve.ingress(build_api)(IngressServer)
     return serve.deployment(ingress_cls, **ingress_options(args)).bind(config, pipeline)

@@ -5,7 +5,6 @@ Routes are declared on a module-level FastAPI app; ``serve_app/app.py`` wraps ``
 with ``serve.ingress(api)`` and ``serve.deployment`` using options from the typed config.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hashlib
@@ -20,7 +19,7 @@ from typing import Any
 
 import av
 import httpx
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -43,11 +42,6 @@ from serve_app.storage import Storage
 
 log = logging.getLogger("lipserve.ingress")
 
-api = FastAPI(
-    title="lipserve",
-    version="0.1.0",
-    description="Lip-synced talking-head videos from an audio track and a template video, as durable jobs.",
-)
 
 _STATUS_FOR_CODE = {
     ErrorCode.MEDIA_TOO_LARGE: 413,
@@ -266,22 +260,17 @@ class IngressServer:
         return JSONResponse(rec.to_api(), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-    # ------------------------------------------------------------------ routes
-    # Declared on the class so Serve's ingress binds them to the replica instance.
-    @api.post("/v1/jobs", status_code=202, summary="Submit a job (multipart upload or JSON paths/URLs)")
+    # ------------------------------------------------------------------ handlers (routes: build_api)
     async def submit(self, request: Request):
         return await self.create_job(request)
 
-    @api.get("/v1/jobs/{job_id}", summary="Job status, progress, stage, error, attempts, timings")
     async def get_job(self, job_id: str):
         return (await self._db(_job_or_404, self.store, job_id)).to_api()
 
-    @api.get("/v1/jobs", summary="List jobs, newest first")
     async def list_jobs(self, status: str | None = None, limit: int = 100, offset: int = 0):
         recs = await self._db(self.store.list, status, min(limit, 1000), offset)
         return {"jobs": [r.to_api() for r in recs]}
 
-    @api.get("/v1/jobs/{job_id}/result", summary="The finished video (video/mp4)")
     async def get_result(self, job_id: str):
         rec = await self._db(_job_or_404, self.store, job_id)
         if rec.status != "succeeded" or not rec.result_path or not os.path.exists(rec.result_path):
@@ -290,7 +279,6 @@ class IngressServer:
                                 status_code=409)
         return FileResponse(rec.result_path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
-    @api.get("/v1/jobs/{job_id}/events", summary="Server-Sent Events: progress and the final state")
     async def events(self, job_id: str):
         await self._db(_job_or_404, self.store, job_id)
 
@@ -312,7 +300,6 @@ class IngressServer:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @api.delete("/v1/jobs/{job_id}", summary="Cancel a job")
     async def cancel(self, job_id: str):
         await self._db(_job_or_404, self.store, job_id)
         rec = await self._db(self.store.cancel, job_id)
@@ -322,7 +309,6 @@ class IngressServer:
                 await asyncio.to_thread(self.storage.remove_job_work, job_id)
         return rec.to_api()
 
-    @api.post("/v1/avatars", status_code=201, summary="Register a template video once; jobs pass avatar_id")
     async def register_avatar(self, request: Request):
         form = await request.form(max_part_size=self.args.jobs.max_upload_bytes + 1)
         video = form.get("video")
@@ -344,11 +330,9 @@ class IngressServer:
         return JSONResponse({"avatar_id": avatar_id, "width": info.width, "height": info.height,
                              "fps": float(info.fps), "frames": info.n_frames}, status_code=201)
 
-    @api.get("/healthz", summary="Liveness")
     async def healthz(self):
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Ready only when a warm pipeline replica answers")
     async def readyz(self):
         try:
             info = await asyncio.wait_for(self.pipeline.ready.remote(), timeout=2.0)
@@ -364,3 +348,59 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _current_server() -> "IngressServer":
+    """The ingress replica's instance (Serve keeps it as the replica's servable object)."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object
+
+
+def build_api() -> FastAPI:
+    """The HTTP routes, built on each replica (``serve.ingress(build_api)``); each route is a thin
+    call into the plain ``IngressServer``. OpenAPI is served at /docs."""
+    api = FastAPI(
+        title="lipserve",
+        version="0.1.0",
+        description="Lip-synced talking-head videos from an audio track and a template video, as durable jobs.",
+    )
+    S = Depends(_current_server)
+
+    @api.post("/v1/jobs", status_code=202, summary="Submit a job (multipart upload or JSON paths/URLs)")
+    async def submit(request: Request, srv: IngressServer = S):
+        return await srv.submit(request)
+
+    @api.get("/v1/jobs", summary="List jobs, newest first")
+    async def list_jobs(status: str | None = None, limit: int = 100, offset: int = 0, srv: IngressServer = S):
+        return await srv.list_jobs(status, limit, offset)
+
+    @api.get("/v1/jobs/{job_id}", summary="Job status, progress, stage, error, attempts, timings")
+    async def get_job(job_id: str, srv: IngressServer = S):
+        return await srv.get_job(job_id)
+
+    @api.get("/v1/jobs/{job_id}/result", summary="The finished video (video/mp4)")
+    async def get_result(job_id: str, srv: IngressServer = S):
+        return await srv.get_result(job_id)
+
+    @api.get("/v1/jobs/{job_id}/events", summary="Server-Sent Events: progress and the final state")
+    async def events(job_id: str, srv: IngressServer = S):
+        return await srv.events(job_id)
+
+    @api.delete("/v1/jobs/{job_id}", summary="Cancel a job")
+    async def cancel(job_id: str, srv: IngressServer = S):
+        return await srv.cancel(job_id)
+
+    @api.post("/v1/avatars", status_code=201, summary="Register a template video once; jobs pass avatar_id")
+    async def register_avatar(request: Request, srv: IngressServer = S):
+        return await srv.register_avatar(request)
+
+    @api.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="Ready only when a warm pipeline replica answers")
+    async def readyz(srv: IngressServer = S):
+        return await srv.readyz()
+
+    return api

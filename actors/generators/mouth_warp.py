@@ -18,7 +18,7 @@ kept between calls, so batches can be computed out of order or retried):
 2. **Shape cue**: the tilt between the upper (1.2-3.5 kHz) and lower (250-900 Hz) speech bands
    makes the mouth slightly wider (bright, "ee") or rounder and narrower (dark, "oo").
 3. **Render** with one ``cv2.remap`` per crop on a region of interest in the lower face: a smooth,
-   monotone backward map moves the lower lip/jaw down by up to ``7.5 %`` of the crop height
+   monotone backward map moves the lower lip/jaw down by up to ~7-8 % of the crop height
    (peaking at the mouth line, decaying to 0 at the bottom edge and towards the cheeks) and lifts the
    upper lip slightly. The rows between the lips are stretched apart; where the map stretches
    most, an inner-mouth tone (a dark red-brown derived from the crop's own darkest lip pixels) is
@@ -231,7 +231,7 @@ class MouthWarpGenerator:
         drop = self.MAX_DROP * s * openness * (0.92 + 0.16 * (1.0 - spread))
         gx = 1.0 - _smoothstep(u / (self.HALF_WIDTH * s))           # broad: jaw and cheeks
         g_lips = 1.0 - _smoothstep(u / (self.GAP_HALF_WIDTH * s))   # narrow: lips part in the middle
-        dd = drop * (0.75 * g_lips + 0.25 * gx)                                             # [1,W] lower-lip drop per column
+        dd = drop * (0.75 * g_lips + 0.25 * gx)                     # [1,W] lower-lip drop per column
         ll = self.LIFT * dd                                         # upper-lip lift per column
 
         # Vertical source map (output(y) = input(src_y)), monotone and C1 by construction. Between the
@@ -257,7 +257,7 @@ class MouthWarpGenerator:
 
         # Mouth width: slightly narrower when open, wider for bright (spread) sounds.
         sw = 1.0 + openness * (0.08 * (spread - 0.5) - 0.03)
-        hmask = np.exp(-0.5 * ((ys - m) / (0.07 * s)) ** 2) * gx
+        hmask = (1.0 - _smoothstep(np.abs(ys - m) / (0.12 * s))) * gx   # 0 before the ROI's edges
         map_x = xs + (xs - cx) * ((1.0 / sw) - 1.0) * hmask
 
         warped = cv2.remap(face, map_x.astype(np.float32), map_y.astype(np.float32),
