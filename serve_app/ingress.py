@@ -202,7 +202,7 @@ class IngressServer:
         try:
             ctype = request.headers.get("content-type", "")
             if ctype.startswith("multipart/form-data"):
-                form = await request.form(max_part_size=self.args.jobs.max_upload_bytes + 1)
+                form = await request.form()
                 fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
                 req = JobRequest.model_validate({
                     "audio": "upload", "video": "upload" if isinstance(form.get("video"), UploadFile) else None,
@@ -301,16 +301,16 @@ class IngressServer:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def cancel(self, job_id: str):
-        await self._db(_job_or_404, self.store, job_id)
+        before = await self._db(_job_or_404, self.store, job_id)
         rec = await self._db(self.store.cancel, job_id)
-        if rec.status == "cancelled":
-            # Inputs of a job that never started are dropped here; a running owner drops its own.
-            if not rec.owner:
-                await asyncio.to_thread(self.storage.remove_job_work, job_id)
+        if rec.status == "cancelled" and before.status == "queued":
+            # A job that is not running has no owner to clean up after it: drop its inputs here.
+            # A running job's owner sees the cancel on its next heartbeat and cleans up itself.
+            await asyncio.to_thread(self.storage.remove_job_work, job_id)
         return rec.to_api()
 
     async def register_avatar(self, request: Request):
-        form = await request.form(max_part_size=self.args.jobs.max_upload_bytes + 1)
+        form = await request.form()
         video = form.get("video")
         if not isinstance(video, UploadFile):
             return error_response(InvalidParameterError("multipart field 'video' (a file) is required"), 422)

@@ -66,7 +66,6 @@ class AttemptState:
     progress: float = 0.0
     stage: str = "queued"
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    lost_lease: bool = False
 
 
 @dataclass
@@ -100,7 +99,6 @@ class JobRunner:
         while not state.cancelled.is_set():
             ok = await self._db(self.store.heartbeat, job_id, self.owner, jobs.lease_s, state.progress, state.stage)
             if not ok:  # cancelled by the user, or another replica took the job over
-                state.lost_lease = True
                 state.cancelled.set()
                 return
             try:
@@ -147,7 +145,7 @@ class JobRunner:
             result_path = await self._run_attempt(job, state, work_dir)
             if not await self._db(self.store.succeed, job.id, self.owner, result_path):
                 raise CancelledError("job was cancelled or taken over before it could be marked done")
-            shutil.rmtree(work_dir, ignore_errors=True)
+            self.storage.remove_job_work(job.id)  # inputs and segments; the result stays
             if self.metrics:
                 self.metrics.job_finished("succeeded", None)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded
@@ -158,7 +156,9 @@ class JobRunner:
                 raise
             if isinstance(error, CancelledError) or state.cancelled.is_set():
                 log.info("job %s stopped: %s", job.id, error.message)
-                if not state.lost_lease:  # cancelled by request: drop partial work
+                # Cancelled by request: drop partial work. Taken over by another replica (our lease
+                # lapsed): leave the files, the new owner reuses the finished segments.
+                if await self._db(self.store.is_cancelled, job.id):
                     self.storage.remove_job_work(job.id)
                 if self.metrics:
                     self.metrics.job_finished("cancelled", "cancelled")
@@ -167,7 +167,7 @@ class JobRunner:
                 rec = await self._db(self.store.fail_attempt, job.id, self.owner, error.to_dict(),
                                      self.args.jobs.max_attempts, self.args.jobs.retry_backoff_s)
                 if rec is not None and rec.status == "failed":
-                    shutil.rmtree(work_dir, ignore_errors=True)
+                    self.storage.remove_job_work(job.id)
                     if self.metrics:
                         self.metrics.job_finished("failed", error.code.value)
         finally:
@@ -201,6 +201,16 @@ class JobRunner:
             self._next_writer().finalize.remote(paths, audio_path, tmp_result, plan.fps), state, "finalize"))
         os.replace(tmp_result, result_path)
         return result_path
+
+    async def _stop_pending(self, pending: dict) -> None:
+        """Cancel in-flight segment calls and let them settle, so nothing writes into the job's
+        directory after it is cleaned up (bounded: a segment call is short)."""
+        for fut, (_, _, ref, _) in pending.items():
+            ray.cancel(ref)
+        if pending:
+            await asyncio.wait(set(pending), timeout=self.args.jobs.min_stuck_s)
+        for fut in pending:
+            fut.cancel()
 
     async def _run_segments(self, job: JobRecord, state: AttemptState, plan, avatar, mel, paths) -> None:
         jobs = self.args.jobs
@@ -236,14 +246,10 @@ class JobRunner:
                                          return_when=asyncio.FIRST_COMPLETED)
             cancel.cancel()
             if state.cancelled.is_set():
-                for fut, (_, _, ref, _) in pending.items():
-                    fut.cancel()
-                    ray.cancel(ref)
+                await self._stop_pending(pending)
                 raise CancelledError("job cancelled while rendering segments", stage="generate_write")
             if not done:
-                for fut, (_, _, ref, _) in pending.items():
-                    fut.cancel()
-                    ray.cancel(ref)
+                await self._stop_pending(pending)
                 # A wedged generator would stall every job: restart it (Ray recreates the actor).
                 ray.kill(self.actors.generator, no_restart=False)
                 raise StageTimeoutError(

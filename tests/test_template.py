@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import Interpolation
 import numpy as np
 import pytest
 
@@ -347,3 +348,124 @@ def test_errors_are_input_errors(tmp_path):
     d = e.value.to_dict()
     assert d["code"] == "unreadable_file" and d["retryable"] is False and d["message"]
     assert not os.path.exists(tmp_path / "nope.mp4")
+
+
+# --------------------------------------------------------------------------------------------
+# YUV -> BGR: unbiased, with the frame's own matrix and range
+
+
+def _ref_bgr(i420: np.ndarray, kr: float, kb: float, full: bool) -> np.ndarray:
+    """Float reference decode of a yuv420p array (chroma repeated 2x2), clipped to 0..255."""
+    h, w = i420.shape[0] * 2 // 3, i420.shape[1]
+    flat = i420.reshape(-1).astype(np.float64)
+    q = (h // 2) * (w // 2)
+    up = lambda p: np.repeat(np.repeat(p.reshape(h // 2, w // 2), 2, 0), 2, 1)  # noqa: E731
+    y, cb, cr = flat[:h * w].reshape(h, w), up(flat[h * w:h * w + q]), up(flat[h * w + q:])
+    if full:
+        y, cb, cr = y, cb - 128, cr - 128
+    else:
+        y, cb, cr = (y - 16) * 255 / 219, (cb - 128) * 255 / 224, (cr - 128) * 255 / 224
+    r = y + 2 * (1 - kr) * cr
+    b = y + 2 * (1 - kb) * cb
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.stack([b, g, r], -1), 0, 255)
+
+
+BT601, BT709 = (0.299, 0.114), (0.2126, 0.0722)
+_SWS_ENC = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
+
+
+@pytest.mark.parametrize("fmt,colorspace,color_range,matrix,full", [
+    ("yuv420p", 2, 0, BT601, False),  # untagged: BT.601 limited, as FFmpeg assumes
+    ("yuv420p", 6, 1, BT601, False),  # smpte170m/tv: what actors.writer writes
+    ("yuv420p", 5, 1, BT601, False),  # bt470bg
+    ("yuv420p", 1, 1, BT709, False),  # HD phone video
+    ("yuv420p", 1, 2, BT709, True),
+    ("yuv420p", 6, 2, BT601, True),
+    ("yuvj420p", 2, 0, BT601, True),
+])
+def test_yuv_to_bgr_matches_reference(fmt, colorspace, color_range, matrix, full):
+    rng = np.random.default_rng(7)
+    h, w = 32, 48
+    i420 = np.empty((h * 3 // 2, w), np.uint8)
+    i420[:h] = rng.integers(16, 236, (h, w)) if not full else rng.integers(0, 256, (h, w))
+    i420[h:] = rng.integers(16, 241, (h // 2, w)) if not full else rng.integers(0, 256, (h // 2, w))
+    frame = av.VideoFrame.from_ndarray(i420, format=fmt)
+    frame.colorspace, frame.color_range = colorspace, color_range
+    got = template.yuv_to_bgr(frame)
+    assert got.dtype == np.uint8 and got.shape == (h, w, 3) and got.flags["C_CONTIGUOUS"]
+    err = got - _ref_bgr(i420, *matrix, full)
+    assert np.abs(err.mean(axis=(0, 1))).max() < 0.05, err.mean(axis=(0, 1))
+    assert np.abs(err).max() < 0.75, np.abs(err).max()  # rounded to nearest (fixed-point slack)
+
+
+def test_yuv_to_bgr_sub_black_luma_with_colour():
+    # OpenCV's I420 conversion clamps Y < 16 before the matrix; such frames must still be exact.
+    h, w = 16, 16
+    i420 = np.empty((h * 3 // 2, w), np.uint8)
+    i420[:h] = 8
+    i420[h:h + h // 4] = 128
+    i420[h + h // 4:] = 230  # strong red
+    frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    got = template.yuv_to_bgr(frame)
+    ref = _ref_bgr(i420, *BT601, False)
+    assert np.abs(got - ref).max() < 0.75, (got[0, 0], ref[0, 0])
+
+
+@pytest.mark.parametrize("fmt", ["yuv444p", "nv12", "yuv422p"])
+def test_yuv_to_bgr_swscale_fallback_is_unbiased(fmt):
+    # Other pixel formats go through swscale with accurate rounding: flat greys stay put.
+    greys = np.arange(16, 236, 7)
+    bgr = np.repeat(np.repeat(greys.astype(np.uint8)[None, :, None], 8, 0), 2, 1)
+    bgr = np.repeat(bgr, 3, 2)[:, :64]  # 8 x 64 x 3, each grey twice
+    ref_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+    frame = ref_frame.reformat(format=fmt, interpolation="BILINEAR")
+    got = template.yuv_to_bgr(frame)
+    assert np.abs(got.astype(np.float64) - bgr).mean() < 0.6
+    assert abs(float((got.astype(np.float64) - bgr).mean())) < 0.3
+
+
+def _write_tagged(path: Path, frames, colorspace: int, color_range: int, dst_colorspace: str) -> Path:
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.codec_context.colorspace, vs.codec_context.color_range = colorspace, color_range
+        vs.codec_context.options = {"crf": "12"}
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(
+                format="yuv420p", dst_colorspace=dst_colorspace, dst_color_range=color_range,
+                interpolation=_SWS_ENC)
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    return path
+
+
+def test_iter_frames_honours_bt709_tag(tmp_path):
+    colours = [(40, 160, 200), (200, 60, 90), (128, 128, 128), (20, 30, 230)]
+    frames = [np.full((H, W, 3), c, np.uint8) for c in colours]
+    p = _write_tagged(tmp_path / "bt709.mp4", frames, colorspace=1, color_range=1, dst_colorspace="itu709")
+    with av.open(str(p)) as c:
+        assert int(next(c.decode(video=0)).colorspace) == 1
+    decoded = [f for _, f in iter_frames(p)]
+    for c, f in zip(colours, decoded):
+        mean = f.reshape(-1, 3).mean(axis=0)
+        assert np.all(np.abs(mean - c) <= 1.5), (c, mean)
+    # Decoded with the BT.601 matrix instead (tag dropped), the saturated red would be far off.
+    i420 = np.ascontiguousarray(av.VideoFrame.from_ndarray(frames[3], format="bgr24").reformat(
+        format="yuv420p", dst_colorspace="itu709", dst_color_range=1).to_ndarray())
+    wrong = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    assert np.abs(template.yuv_to_bgr(wrong)[0, 0].astype(int) - colours[3]).max() > 10
+
+
+def test_iter_frames_flat_greys_unbiased(tmp_path):
+    greys = list(range(16, 236, 5)) + [235]
+    frames = [np.full((H, W, 3), g, np.uint8) for g in greys]
+    p = _write_tagged(tmp_path / "greys.mp4", frames, colorspace=6, color_range=1, dst_colorspace="smpte170m")
+    decoded = [f for _, f in iter_frames(p)]
+    errors = [float(f.mean()) - g for f, g in zip(decoded, greys)]
+    assert max(abs(e) for e in errors) <= 1.0, errors
+    assert abs(float(np.mean(errors))) < 0.5, np.mean(errors)

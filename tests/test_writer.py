@@ -12,7 +12,7 @@ import pytest
 
 from actors.errors import InternalError, InvalidParameterError, NoAudioStreamError, UnreadableFileError
 from actors.template import iter_frames, probe_template
-from actors.writer import encode_segment, join_segments, pick_video_codec
+from actors.writer import bgr_to_i420, encode_segment, join_segments, pick_video_codec
 from tests.media import speech_like, synthetic_frames, write_audio, write_video
 
 W, H = 96, 64
@@ -294,3 +294,107 @@ def test_picked_codec_encodes(tmp_path):
     p = tmp_path / "seg.mp4"
     assert encode_segment(frames, p, Fraction(25), 256, 256, codec=codec) == 10
     assert min(psnr(f, frames[i]) for i, f in iter_frames(p)) > 30
+
+
+# --------------------------------------------------------------------------------------------
+# colour round trip: BGR -> encode_segment -> iter_frames -> BGR must be unbiased
+
+
+def _ref_ycbcr601(img: np.ndarray):
+    """Float BT.601 limited-range Y, Cb, Cr of a BGR image (no rounding, no subsampling)."""
+    b, g, r = (img[..., i].astype(np.float64) for i in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return (16 + 219 / 255 * y, 128 + 224 / 255 * (b - y) / 1.772, 128 + 224 / 255 * (r - y) / 1.402)
+
+
+def _gradient(width: int = W, height: int = H) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([40 + 150 * xx / width, 30 + 180 * yy / height, 60 + 120 * (xx + yy) / (width + height)], -1)
+    return img.astype(np.uint8)
+
+
+def test_bgr_to_i420_is_rounded_bt601_limited():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    img[:8] = 0
+    img[8:16] = 255
+    i420 = bgr_to_i420(img)
+    assert i420.dtype == np.uint8 and i420.shape == (96, 96)
+    y_ref, cb_ref, cr_ref = _ref_ycbcr601(img)
+    box = lambda p: p.reshape(32, 2, 48, 2).mean(axis=(1, 3))  # noqa: E731 - chroma = 2x2 average
+    y = i420[:64].astype(np.float64)
+    cb = i420[64:80].reshape(32, 48).astype(np.float64)
+    cr = i420[80:].reshape(32, 48).astype(np.float64)
+    for got, ref in ((y, y_ref), (cb, box(cb_ref)), (cr, box(cr_ref))):
+        err = got - ref
+        assert abs(err.mean()) < 0.05, err.mean()
+        assert np.abs(err).max() <= 0.6, np.abs(err).max()
+    assert y[:8].max() == 16 and y[8:16].min() == 235  # limited range
+    # The layout is what PyAV takes as yuv420p, and swscale (accurate rounding) decodes it back
+    # with the same matrix and range: the conventions agree.
+    vf = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    assert (vf.width, vf.height) == (96, 64)
+    flat = np.full((64, 96, 3), (40, 120, 200), np.uint8)
+    back = av.VideoFrame.from_ndarray(bgr_to_i420(flat), format="yuv420p").to_ndarray(
+        format="bgr24", interpolation="BILINEAR")
+    assert np.abs(back.astype(int) - flat).max() <= 2
+
+
+def test_segment_keeps_bt601_limited_tags(tmp_path):
+    p = tmp_path / "seg.mp4"
+    encode_segment(smooth_frames(3), p, Fraction(25), W, H)
+    with av.open(str(p)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (int(cc.colorspace), int(cc.color_range)) == (6, 1)  # smpte170m, tv
+        frame = next(c.decode(video=0))
+        assert frame.format.name == "yuv420p"
+        assert (int(frame.colorspace), int(frame.color_range)) == (6, 1)
+
+
+def test_round_trip_flat_greys_unbiased(tmp_path):
+    greys = list(range(16, 236, 3)) + [235]
+    frames = [np.full((H, W, 3), g, np.uint8) for g in greys]
+    p = tmp_path / "greys.mp4"
+    assert encode_segment(frames, p, Fraction(25), W, H, crf=18) == len(frames)
+    decoded = [f for _, f in iter_frames(p)]
+    assert len(decoded) == len(greys)
+    errors = []
+    for g, f in zip(greys, decoded):
+        mean = f.astype(np.float64).mean(axis=(0, 1))
+        # No level shift: every grey comes back within the 219-step luma quantisation (<= 1 level),
+        # still grey (no colour cast).
+        assert np.all(np.abs(mean - g) <= 1.0), (g, mean)
+        assert np.ptp(mean) <= 0.5, (g, mean)
+        errors.append(mean.mean() - g)
+    assert abs(float(np.mean(errors))) < 0.5, np.mean(errors)
+    # The example from the bug report: a flat 138 used to come back as ~134.
+    assert abs(float(decoded[greys.index(136)].mean()) - 136) <= 1.0
+
+
+def test_round_trip_smooth_content_unbiased(tmp_path):
+    for name, frames in (("gradient", [_gradient()] * 6), ("smooth", smooth_frames(12))):
+        p = tmp_path / f"{name}.mp4"
+        encode_segment(frames, p, Fraction(25), W, H, crf=18)
+        decoded = [f for _, f in iter_frames(p)]
+        bias = np.mean([f.astype(np.float64) - s for f, s in zip(decoded, frames)], axis=(0, 1, 2))
+        assert np.all(np.abs(bias) < 0.5), (name, bias)
+        assert min(psnr(f, s) for f, s in zip(decoded, frames)) > 38
+
+
+def test_second_generation_stays_close(tmp_path):
+    # A lipserve output fed back to lipserve: decode -> re-encode -> decode must not drift.
+    frames = [_gradient()] * 4 + smooth_frames(8)
+    p1, p2, p3 = tmp_path / "gen1.mp4", tmp_path / "gen2.mp4", tmp_path / "gen3.mp4"
+    encode_segment(frames, p1, Fraction(25), W, H, crf=18)
+    gen1 = [f for _, f in iter_frames(p1)]
+    encode_segment(gen1, p2, Fraction(25), W, H, crf=18)
+    gen2 = [f for _, f in iter_frames(p2)]
+    assert min(psnr(a, b) for a, b in zip(gen1, gen2)) > 40
+    drift = np.mean([b.astype(np.float64) - a for a, b in zip(gen1, gen2)], axis=(0, 1, 2))
+    assert np.all(np.abs(drift) < 0.5), drift
+    # Flat grey is a fixed point after the first generation (it used to lose ~2 levels each time).
+    grey = [np.full((H, W, 3), 138, np.uint8)]
+    for path in (p1, p2, p3):
+        encode_segment(grey, path, Fraction(25), W, H, crf=18)
+        grey = [f for _, f in iter_frames(path)]
+    assert np.abs(grey[0].astype(int) - 138).max() <= 1

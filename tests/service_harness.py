@@ -1,0 +1,127 @@
+"""A real local Ray cluster + the lipserve app over real HTTP, for the service and chaos tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray import serve
+
+from serve_app.app import build_app
+from tests.media import speech_like, synthetic_frames, write_audio, write_video
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+BOX = [40, 20, 120, 110]  # face box of the synthetic 160x120 template
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(num_cpus: int = 8) -> int:
+    """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors)."""
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def stop_cluster() -> None:
+    serve.shutdown()
+    ray.shutdown()
+
+
+def small_args(storage: Path, **overrides: Any) -> dict:
+    """A CPU config sized for a 2-core CI box."""
+    args: dict[str, Any] = {
+        "storage_dir": str(storage),
+        "generator": {"num_cpus": 0.1},
+        "writer": {"pool_size": 2, "num_cpus": 0.1, "segment_frames": 25},
+        "jobs": {"lease_s": 4, "heartbeat_s": 0.5, "retry_backoff_s": 0.2},
+        "pipeline": {"num_cpus": 0.1, "max_ongoing_requests": 6, "graceful_shutdown_timeout_s": 5,
+                     "health_check_period_s": 2},
+        "ingress": {"num_cpus": 0.1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(args.get(key), dict):
+            args[key] = {**args[key], **value}
+        else:
+            args[key] = value
+    return args
+
+
+def deploy(args: dict, name: str = "lipserve", prefix: str = "/", blocking: bool = True):
+    return serve._run(build_app(args), name=name, route_prefix=prefix, _blocking=blocking)
+
+
+class Client:
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+        self.http = httpx.Client(base_url=self.base, timeout=60)
+
+    def submit_files(self, audio: Path, video: Path, **fields) -> httpx.Response:
+        with open(audio, "rb") as a, open(video, "rb") as v:
+            files = {"audio": (Path(audio).name, a), "video": (Path(video).name, v)}
+            data = {k: (" ".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x)) for k, x in fields.items()}
+            return self.http.post("/v1/jobs", files=files, data=data)
+
+    def submit_json(self, **body) -> httpx.Response:
+        return self.http.post("/v1/jobs", json=body)
+
+    def job(self, job_id: str) -> dict:
+        r = self.http.get(f"/v1/jobs/{job_id}")
+        r.raise_for_status()
+        return r.json()
+
+    def wait(self, job_id: str, statuses=TERMINAL, timeout: float = 120.0, predicate=None) -> dict:
+        """Poll the job until it reaches one of ``statuses`` (or ``predicate`` holds); bounded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.job(job_id)
+            if (predicate(rec) if predicate else rec["status"] in statuses):
+                return rec
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {rec['status']} ({rec['progress']:.2f}) after {timeout} s")
+            time.sleep(0.1)
+
+    def wait_http(self, path: str, status: int, timeout: float = 60.0) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = self.http.get(path, timeout=5)
+                if r.status_code == status:
+                    return r
+            except httpx.HTTPError:
+                r = None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"GET {path} never answered {status} (last: {r.status_code if r else None})")
+            time.sleep(0.1)
+
+
+def make_media(directory: Path, seconds: float, seed: int = 0, template_frames: int = 30) -> tuple[Path, Path]:
+    """Speech-like audio of ``seconds`` and a 160x120 synthetic template (use BOX as its face)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    audio = write_audio(directory / f"speech_{seconds:g}_{seed}.wav", speech_like(seconds, seed=seed))
+    video = directory / f"template_{template_frames}.mp4"
+    if not video.exists():
+        write_video(video, synthetic_frames(template_frames, 160, 120), 25)
+    return audio, video
+
+
+def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.1):
+    """Wait for a condition with a deadline; fails with ``what`` if it never holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+        time.sleep(interval)

@@ -1,0 +1,230 @@
+"""The service over real HTTP on a real local Ray cluster: job API, concurrency, queue bound,
+cancellation, typed 4xx errors, SSE, readiness gated by warm-up."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+from ray import serve
+
+from tests.media import ASSETS, synthetic_frames, write_video
+from tests.service_harness import BOX, Client, wait_until, deploy, make_media, small_args, start_cluster, stop_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port = start_cluster()
+    yield port
+    stop_cluster()
+
+
+@pytest.fixture(scope="module")
+def service(cluster, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("storage")
+    deploy(small_args(storage))
+    client = Client(f"http://127.0.0.1:{cluster}")
+    client.wait_http("/readyz", 200)
+    yield client, storage
+    serve.delete("lipserve")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    return tmp_path_factory.mktemp("media")
+
+
+def decode_info(data: bytes, tmp: Path) -> tuple[int, float, bool]:
+    p = tmp / "result.mp4"
+    p.write_bytes(data)
+    with av.open(str(p)) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+        fps = float(c.streams.video[0].average_rate)
+        has_aac = any(s.codec_context.name == "aac" for s in c.streams.audio)
+    return frames, fps, has_aac
+
+
+def test_submit_progress_and_result(service, tmp_path):
+    client, _ = service
+    audio, video = ASSETS / "demo_speech.wav", ASSETS / "demo_template.mp4"
+    r = client.submit_files(audio, video)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["status"] == "queued" and r.headers["location"] == f"/v1/jobs/{job_id}"
+
+    events = []
+    with httpx.Client(base_url=client.base, timeout=120) as http, http.stream("GET", f"/v1/jobs/{job_id}/events") as s:
+        assert s.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in s.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line[5:])))
+                if kind == "final":
+                    break
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "final" and "progress" in kinds
+    progress = [e["progress"] for k, e in events if k == "progress"]
+    assert progress == sorted(progress)
+    final = events[-1][1]
+    assert final["status"] == "succeeded", final
+    assert set(final["timings"]) >= {"audio", "avatar", "generate_write", "finalize"}
+    assert len(final["attempts"]) == 1 and final["attempts"][0]["error"] is None
+
+    res = client.http.get(f"/v1/jobs/{job_id}/result")
+    assert res.status_code == 200 and res.headers["content-type"] == "video/mp4"
+    frames, fps, has_aac = decode_info(res.content, tmp_path)
+    with av.open(str(audio)) as c:
+        seconds = c.streams.audio[0].duration * c.streams.audio[0].time_base
+    assert frames == math.ceil(float(seconds) * fps) and has_aac
+
+    listing = client.http.get("/v1/jobs", params={"status": "succeeded"}).json()["jobs"]
+    assert job_id in [j["id"] for j in listing]
+
+
+def test_six_concurrent_jobs_all_succeed(service, media):
+    client, _ = service
+    ids, lock = [], threading.Lock()
+
+    def submit(seed):
+        audio, video = make_media(media, 1.6, seed=seed)
+        r = client.submit_files(audio, video, box=BOX, priority=seed)
+        assert r.status_code == 202, r.text
+        with lock:
+            ids.append(r.json()["id"])
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    finals = [client.wait(i, timeout=180) for i in ids]
+    assert [f["status"] for f in finals] == ["succeeded"] * 6, [f.get("error") for f in finals]
+    # Several ran at once on the one replica: some pair of jobs overlapped in time.
+    assert any(a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+               for i, a in enumerate(finals) for b in finals[i + 1:])
+
+
+def test_json_submission_with_server_paths_and_avatar(service, media):
+    client, _ = service
+    audio, video = make_media(media, 1.0, seed=11)
+    r = client.submit_json(audio=str(audio), video=str(video), box=BOX, pingpong=False)
+    assert r.status_code == 202, r.text
+    assert client.wait(r.json()["id"])["status"] == "succeeded"
+
+    with open(video, "rb") as v:
+        reg = client.http.post("/v1/avatars", files={"video": ("presenter.mp4", v)})
+    assert reg.status_code == 201, reg.text
+    avatar_id = reg.json()["avatar_id"]
+    r = client.submit_json(audio=str(audio), avatar_id=avatar_id, box=BOX)
+    assert r.status_code == 202, r.text
+    assert client.wait(r.json()["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("case", ["garbage_audio", "video_as_audio", "audio_as_video", "missing_field",
+                                  "unknown_avatar", "bad_json_path"])
+def test_bad_input_is_a_typed_4xx(service, media, case):
+    client, _ = service
+    audio, video = make_media(media, 1.0, seed=5)
+    garbage = media / "notes.wav"
+    garbage.write_bytes(b"this is not audio at all" * 50)
+    silent_video = media / "silent.mp4"
+    if not silent_video.exists():
+        write_video(silent_video, synthetic_frames(5, 64, 48), 25)
+    if case == "garbage_audio":
+        r, code, name = client.submit_files(garbage, video), "unreadable_file", "notes.wav"
+    elif case == "video_as_audio":
+        r, code, name = client.submit_files(silent_video, video), "no_audio_stream", "silent.mp4"
+    elif case == "audio_as_video":
+        r, code, name = client.submit_files(audio, audio), "no_video_stream", audio.name
+    elif case == "missing_field":
+        with open(audio, "rb") as a:
+            r = client.http.post("/v1/jobs", files={"audio": ("a.wav", a)})
+        code, name = "invalid_parameter", "video"
+    elif case == "unknown_avatar":
+        r, code, name = client.submit_json(audio=str(audio), avatar_id="abc123"), "invalid_parameter", "abc123"
+    else:
+        r, code, name = client.submit_json(audio="/nope/x.wav", video=str(video)), "unreadable_file", "/nope/x.wav"
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and name in err["message"] and err["retryable"] is False
+    assert client.http.get("/healthz").status_code == 200
+    assert client.http.get("/readyz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited(cluster, tmp_path_factory):
+    """One job at a time, a queue bound of 2, small uploads: for 429, priority and cancel."""
+    storage = tmp_path_factory.mktemp("limited")
+    args = small_args(storage, jobs={"max_queued_jobs": 2, "retry_after_s": 7, "max_upload_bytes": 400_000,
+                                     "lease_s": 4, "heartbeat_s": 0.5},
+                      pipeline={"max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2})
+    deploy(args, name="limited", prefix="/limited")
+    client = Client(f"http://127.0.0.1:{cluster}/limited")
+    client.wait_http("/readyz", 200)
+    yield client, storage
+    serve.delete("limited")
+
+
+def test_queue_bound_priority_and_cancel(limited, media):
+    client, storage = limited
+    long_audio, video = make_media(media, 8.0, seed=21)
+    short_audio, _ = make_media(media, 0.8, seed=22)
+    running = client.submit_files(long_audio, video, box=BOX).json()["id"]
+    client.wait(running, predicate=lambda r: r["status"] == "running")
+    low = client.submit_files(short_audio, video, box=BOX, priority=0).json()["id"]
+    high = client.submit_files(short_audio, video, box=BOX, priority=5).json()["id"]
+
+    full = client.submit_files(short_audio, video, box=BOX)
+    assert full.status_code == 429 and full.headers["retry-after"] == "7"
+    assert full.json()["error"]["code"] == "queue_full" and full.json()["error"]["message"]
+
+    # Cancel the running job: it stops, its slot frees, its temp files go.
+    c = client.http.delete(f"/v1/jobs/{running}")
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    low_rec, high_rec = client.wait(low), client.wait(high)
+    assert low_rec["status"] == high_rec["status"] == "succeeded"
+    assert high_rec["started_at"] < low_rec["started_at"]  # priority overtook submission order
+    rec = client.job(running)
+    assert rec["status"] == "cancelled" and rec["error"]["code"] == "cancelled"
+    wait_until(lambda: not (storage / "jobs" / running).exists(), "temp files of the cancelled job removed")
+    assert client.http.get(f"/v1/jobs/{running}/result").status_code == 409
+
+    # Cancel a queued job: it never runs.
+    blocker = client.submit_files(long_audio, video, box=BOX).json()["id"]
+    client.wait(blocker, predicate=lambda r: r["status"] == "running")
+    queued = client.submit_files(short_audio, video, box=BOX).json()["id"]
+    assert client.http.delete(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
+    client.http.delete(f"/v1/jobs/{blocker}")
+    assert client.wait(blocker)["status"] == "cancelled"
+    assert client.job(queued)["attempts"] == []
+
+
+def test_upload_over_limit_is_413(limited, media):
+    client, _ = limited
+    audio, video = make_media(media, 30.0, seed=31)  # ~1 MB wav > 400 kB limit
+    r = client.submit_files(audio, video)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "media_too_large"
+    assert audio.name in r.json()["error"]["message"]
+
+
+def test_readyz_is_503_until_warmup_completes(cluster, tmp_path):
+    gate_dir = tmp_path / "chaos"
+    gate_dir.mkdir()
+    (gate_dir / "hold_pipeline_ready").write_text("1")
+    deploy(small_args(tmp_path / "storage", chaos_dir=str(gate_dir)), name="gated", prefix="/gated", blocking=False)
+    client = Client(f"http://127.0.0.1:{cluster}/gated")
+    try:
+        r = client.wait_http("/healthz", 200, timeout=90)  # ingress is up ...
+        assert client.http.get("/readyz").status_code == 503  # ... but no warm pipeline replica yet
+        shutil.rmtree(gate_dir)
+        assert client.wait_http("/readyz", 200, timeout=90).json()["status"] == "ready"
+    finally:
+        serve.delete("gated")
