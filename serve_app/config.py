@@ -62,6 +62,7 @@ class JobSettings(_Strict):
     max_inflight_segments: int = 4  # per job: bounded work in flight (backpressure)
     stuck_factor: float = 10.0  # no progress for factor x expected segment time -> retry
     min_stuck_s: float = 30.0
+    prepare_timeout_s: float = 600.0  # audio decode, avatar preparation, final mux
     max_upload_bytes: int = 512 * 1024 * 1024
     max_duration_s: float = 600.0
     max_width: int = 3840

@@ -179,13 +179,14 @@ class JobRunner:
         p = job.params
         audio_path, video_path = p["audio_path"], p["video_path"]
         writer = self._next_writer()
+        limit = self.args.jobs.prepare_timeout_s
         n_samples, mel = await self._timed(job.id, "audio", state, self._await(
-            writer.prepare_audio.remote(audio_path), state, "audio"))
+            writer.prepare_audio.remote(audio_path), state, "audio", limit))
         state.progress = max(state.progress, 0.02)
         box = tuple(p["box"]) if p.get("box") else None
         params = AvatarParams(crop_size=self.actors.crop_size, box=box)
         avatar = await self._timed(job.id, "avatar", state, self._await(
-            self._next_writer().prepare_avatar.remote(video_path, params), state, "avatar"))
+            self._next_writer().prepare_avatar.remote(video_path, params), state, "avatar", limit))
         state.progress = max(state.progress, 0.05)
 
         mode = "pingpong" if p.get("pingpong", True) else "loop"
@@ -198,49 +199,68 @@ class JobRunner:
         result_path = str(self.storage.result_path(job.id))
         tmp_result = result_path + ".partial.mp4"
         await self._timed(job.id, "finalize", state, self._await(
-            self._next_writer().finalize.remote(paths, audio_path, tmp_result, plan.fps), state, "finalize"))
+            self._next_writer().finalize.remote(paths, audio_path, tmp_result, plan.fps), state, "finalize",
+            limit))
         os.replace(tmp_result, result_path)
         return result_path
 
     async def _stop_pending(self, pending: dict) -> None:
         """Cancel in-flight segment calls and let them settle, so nothing writes into the job's
         directory after it is cleaned up (bounded: a segment call is short)."""
-        for fut, (_, _, ref, _) in pending.items():
-            ray.cancel(ref)
+        for entry in pending.values():
+            ray.cancel(entry[2])
         if pending:
             await asyncio.wait(set(pending), timeout=self.args.jobs.min_stuck_s)
         for fut in pending:
             fut.cancel()
 
+    async def _actor_pids(self) -> dict[str, int]:
+        gen = self.actors.generator.info.remote()
+        writers = [w.ping.remote() for w in self.actors.writers]
+        info, *wpids = await asyncio.gather(gen, *writers)
+        pids = {"GeneratorActor": info["pid"]}
+        pids.update({f"WriterActor[{i}]": pid for i, pid in enumerate(wpids)})
+        return pids
+
+    async def _note_restarts(self, job_id: str, known: dict[str, int], seen: dict[str, int]) -> None:
+        """A changed pid means Ray restarted that actor under us (and retried its calls): record it."""
+        for name, pid in seen.items():
+            if name in known and known[name] != pid:
+                await self._db(self.store.add_incident, job_id, self.owner, "worker_lost",
+                               f"{name} process {known[name]} died and was restarted as {pid}; "
+                               "its in-flight calls were retried")
+            known[name] = pid
+
     async def _run_segments(self, job: JobRecord, state: AttemptState, plan, avatar, mel, paths) -> None:
         jobs = self.args.jobs
         crops = await asyncio.to_thread(avatar.crops)
+        known_pids = await self._actor_pids()
         done_frames = 0
-        known_pids: dict[str, int] = {}
-        expected_s = jobs.min_stuck_s / max(1.0, jobs.stuck_factor)  # refined by measurement below
+        expected_s: float | None = None  # measured seconds per segment, for stuck detection
         pending: dict[asyncio.Future, tuple] = {}
-        todo = []
+        queue = []
         for seg, path in zip(plan.segments, paths):
-            if os.path.exists(path):  # committed by an earlier attempt: reuse
+            if os.path.exists(path):  # committed by an earlier attempt: reuse it
                 done_frames += seg.n_frames
             else:
-                todo.append((seg, path))
+                queue.append((seg, path))
         state.progress = max(state.progress, 0.05 + 0.9 * done_frames / plan.n_out)
         resubmits: dict[int, int] = {}
 
         def submit(seg, path):
             faces, mels = plan.generator_inputs(seg, crops, mel)
             generated = self.actors.generator.generate.remote(faces, mels)
-            ref = self._next_writer().write_segment.remote(
+            self._writer_turn += 1
+            w = self._writer_turn % len(self.actors.writers)
+            ref = self.actors.writers[w].write_segment.remote(
                 avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path)
-            fut = asyncio.ensure_future(ref)
-            pending[fut] = (seg, path, ref, time.perf_counter())
+            pending[asyncio.ensure_future(ref)] = (seg, path, ref, time.perf_counter(), w)
 
-        queue = list(todo)
         while queue or pending:
             while queue and len(pending) < jobs.max_inflight_segments:  # backpressure
                 submit(*queue.pop(0))
-            timeout = max(jobs.min_stuck_s, jobs.stuck_factor * expected_s)
+            # Stuck = no segment finishes for stuck_factor x the measured time of one segment.
+            timeout = max(jobs.min_stuck_s, jobs.stuck_factor * (expected_s or jobs.min_stuck_s))
             cancel = asyncio.ensure_future(state.cancelled.wait())
             done, _ = await asyncio.wait(set(pending) | {cancel}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -249,34 +269,30 @@ class JobRunner:
                 await self._stop_pending(pending)
                 raise CancelledError("job cancelled while rendering segments", stage="generate_write")
             if not done:
-                await self._stop_pending(pending)
                 # A wedged generator would stall every job: restart it (Ray recreates the actor).
                 ray.kill(self.actors.generator, no_restart=False)
+                await self._stop_pending(pending)
                 raise StageTimeoutError(
-                    f"no segment finished for {timeout:.0f} s (expected ~{expected_s:.1f} s each); "
+                    f"no segment finished for {timeout:.1f} s (expected ~{expected_s or 0:.1f} s each); "
                     "generator restarted", stage="generate_write")
             for fut in done:
-                seg, path, ref, t_submit = pending.pop(fut)
+                seg, path, ref, t_submit, w = pending.pop(fut)
                 try:
-                    n, writer_pid, generator_pid = fut.result()
-                except Exception as exc:  # noqa: BLE001
+                    _, writer_pid, generator_pid = fut.result()
+                except Exception as exc:  # noqa: BLE001 - classified by type
                     err = unwrap_ray_error(exc, "generate_write")
                     if isinstance(err, WorkerLostError) and resubmits.get(seg.index, 0) < 3:
+                        # The actor died beyond Ray's own retries: resubmit (the write is idempotent).
                         resubmits[seg.index] = resubmits.get(seg.index, 0) + 1
                         await self._db(self.store.add_incident, job.id, self.owner, err.code.value,
                                        f"segment {seg.index}: {err.message}; resubmitted")
                         queue.insert(0, (seg, path))
                         continue
                     raise err from exc
-                for name, pid in (("GeneratorActor", generator_pid), (f"WriterActor", writer_pid)):
-                    key = name if name == "GeneratorActor" else f"{name}:{id(ref)}"
-                    if name == "GeneratorActor" and key in known_pids and known_pids[key] != pid:
-                        await self._db(self.store.add_incident, job.id, self.owner, "worker_lost",
-                                       f"GeneratorActor restarted (pid {known_pids[key]} -> {pid}); "
-                                       "its lost batches were recomputed")
-                    known_pids[key] = pid
-                expected_s = 0.7 * expected_s + 0.3 * (time.perf_counter() - t_submit) if done_frames else \
-                    time.perf_counter() - t_submit
+                await self._note_restarts(job.id, known_pids,
+                                          {"GeneratorActor": generator_pid, f"WriterActor[{w}]": writer_pid})
+                took = time.perf_counter() - t_submit
+                expected_s = took if expected_s is None else 0.7 * expected_s + 0.3 * took
                 done_frames += seg.n_frames
                 state.progress = 0.05 + 0.9 * done_frames / plan.n_out
                 if self.metrics:

@@ -21,7 +21,7 @@ from actors.writer import pick_video_codec
 from serve_app.config import LipserveArgs
 from serve_app.job_runner import JobRunner, PipelineActors
 from serve_app.job_store import JobStore
-from serve_app.ray_actors import ChaosHooks, GeneratorActor, WriterActor
+from serve_app.ray_actors import CONTROL_GROUPS, ChaosHooks, GeneratorActor, WriterActor
 from serve_app.storage import Storage
 from serve_app.warmup import run_warmup
 
@@ -36,12 +36,12 @@ def limits_from(args: LipserveArgs) -> MediaLimits:
 def create_actors(args: LipserveArgs, storage: Storage) -> PipelineActors:
     g, w, f = args.generator, args.writer, args.actor_faults
     retry = dict(max_restarts=f.max_restarts, max_task_retries=f.max_task_retries)
-    generator = ray.remote(GeneratorActor).options(
+    generator = ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
         num_cpus=g.num_cpus, num_gpus=g.num_gpus, **retry,
     ).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir)
     codec = pick_video_codec(w.prefer_nvenc)
     writers = [
-        ray.remote(WriterActor).options(num_cpus=w.num_cpus, **retry).remote(
+        ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(num_cpus=w.num_cpus, **retry).remote(
             str(storage.avatar_cache_dir), codec, w.crf, limits_from(args))
         for _ in range(max(1, w.pool_size))
     ]

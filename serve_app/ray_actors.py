@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from actors.audio import decode_audio, wav2lip_mel
 from actors.avatar import Avatar, AvatarCache, AvatarParams
@@ -22,6 +23,11 @@ from actors.errors import OutOfMemoryError, as_lipserve_error
 from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.segment_writer import SegmentWriter
+
+
+# Small control calls (health checks, pids) get a thread of their own so they never wait behind a
+# long generate / encode call; the work methods stay one at a time per actor.
+CONTROL_GROUPS = {"control": 1}
 
 
 class ChaosHooks:
@@ -60,7 +66,9 @@ class GeneratorActor:
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
+    @ray.method(concurrency_group="control")
     def info(self) -> dict:
+        # Its own concurrency group: answers health checks while a long forward pass runs.
         return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size}
 
     def generate(self, faces: np.ndarray, mels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -87,6 +95,7 @@ class WriterActor:
         self.writer = SegmentWriter(codec=codec, crf=crf)
         self.pid = os.getpid()
 
+    @ray.method(concurrency_group="control")
     def ping(self) -> int:
         return self.pid
 

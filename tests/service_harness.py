@@ -125,3 +125,37 @@ def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
         time.sleep(interval)
+
+
+def ray_processes(prefix: str) -> list[tuple[int, str]]:
+    """(pid, state) of live processes whose title starts with ``prefix`` (e.g. 'ray::GeneratorActor')."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            found.append((int(entry.name), state))
+    return found
+
+
+def pipeline_handle(app_name: str = "lipserve"):
+    return serve.get_deployment_handle("PipelineServer", app_name=app_name)
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def decode_frames(path) -> list:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]

@@ -467,5 +467,6 @@ def test_iter_frames_flat_greys_unbiased(tmp_path):
     p = _write_tagged(tmp_path / "greys.mp4", frames, colorspace=6, color_range=1, dst_colorspace="smpte170m")
     decoded = [f for _, f in iter_frames(p)]
     errors = [float(f.mean()) - g for f, g in zip(decoded, greys)]
-    assert max(abs(e) for e in errors) <= 1.0, errors
-    assert abs(float(np.mean(errors))) < 0.5, np.mean(errors)
+    assert max(abs(e) for e in errors) <= 1.0, errors  # luma has 220 steps for 256 levels
+    # The decode alone must add no bias (swscale's fast path lost ~0.5 level here).
+    assert abs(float(np.mean(errors))) < 0.2, np.mean(errors)
