@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -91,20 +91,16 @@ def test_submit_progress_and_result(service, tmp_path):
 
 def test_six_concurrent_jobs_all_succeed(service, media):
     client, _ = service
-    ids, lock = [], threading.Lock()
+    inputs = [make_media(media, 1.6, seed=seed) for seed in range(6)]
 
     def submit(seed):
-        audio, video = make_media(media, 1.6, seed=seed)
-        r = client.submit_files(audio, video, box=BOX, priority=seed)
-        assert r.status_code == 202, r.text
-        with lock:
-            ids.append(r.json()["id"])
+        audio, video = inputs[seed]
+        return client.submit_files(audio, video, box=BOX, priority=seed)
 
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(submit, range(6)))
+    assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
+    ids = [r.json()["id"] for r in responses]
     finals = [client.wait(i, timeout=180) for i in ids]
     assert [f["status"] for f in finals] == ["succeeded"] * 6, [f.get("error") for f in finals]
     # Several ran at once on the one replica: some pair of jobs overlapped in time.
