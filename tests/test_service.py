@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,6 +123,29 @@ def test_json_submission_with_server_paths_and_avatar(service, media):
     r = client.submit_json(audio=str(audio), avatar_id=avatar_id, box=BOX)
     assert r.status_code == 202, r.text
     assert client.wait(r.json()["id"])["status"] == "succeeded"
+
+
+def test_json_submission_with_http_urls(service, media):
+    """Inputs fetched from http(s) URLs (a local file server here: no outside network)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    client, _ = service
+    audio, video = make_media(media, 1.0, seed=12)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(media))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        r = client.submit_json(audio=f"{base}/{audio.name}", video=f"{base}/{video.name}", box=BOX)
+        assert r.status_code == 202, r.text
+        assert client.wait(r.json()["id"])["status"] == "succeeded"
+        r = client.submit_json(audio=f"{base}/missing.wav", video=f"{base}/{video.name}")
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable_file"
+        assert "HTTP 404" in r.json()["error"]["message"] and "missing.wav" in r.json()["error"]["message"]
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("case", ["garbage_audio", "video_as_audio", "audio_as_video", "missing_field",
