@@ -84,6 +84,7 @@ def main() -> int:
     ready_s = time.perf_counter() - t0
     info = httpx.get(f"{base}/readyz", timeout=10).json()
     warmup_s = info["pipeline"]["warmup"]["seconds"]
+    constructor_s = info["pipeline"]["warmup"]["constructor_seconds"]
 
     http_job(base, audio, TEMPLATE, work / "warm_http.mp4")  # warms the service's avatar cache
     http_s = [http_job(base, audio, TEMPLATE, work / f"http{i}.mp4") for i in range(opts.repeats)]
@@ -93,8 +94,9 @@ def main() -> int:
     best_local, best_http = min(local_s), min(http_s)
     ratio = best_http / best_local
     rows = [
-        ("pipeline replica constructor incl. warm-up (in replica)", f"{warmup_s:.2f} s", "<= 10 s",
-         warmup_s <= 10),
+        ("pipeline replica constructor incl. actors + warm-up", f"{constructor_s:.2f} s", "<= 10 s",
+         constructor_s <= 10),
+        ("  of which the warm-up job through every stage", f"{warmup_s:.2f} s", "", None),
         ("deploy -> app RUNNING (2 deployments, actors, warm-up)", f"{ready_s:.2f} s", "", None),
         (f"{opts.seconds:g} s job in-process (lipserve render)", f"{best_local:.2f} s", "", None),
         (f"{opts.seconds:g} s job over HTTP (submit..download)", f"{best_http:.2f} s", "", None),
@@ -104,7 +106,7 @@ def main() -> int:
     for name, value, goal, ok in rows:
         print(f"{name:<58} {value:>10}  {goal:<9} {'' if ok is None else ('PASS' if ok else 'FAIL')}")
     if opts.json:
-        print(json.dumps({"warmup_s": warmup_s, "deploy_s": ready_s, "local_s": local_s, "http_s": http_s,
+        print(json.dumps({"constructor_s": constructor_s, "warmup_s": warmup_s, "deploy_s": ready_s, "local_s": local_s, "http_s": http_s,
                           "ratio": ratio}))
     return 0
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 
 import ray
@@ -51,6 +52,7 @@ def create_actors(args: LipserveArgs, storage: Storage) -> PipelineActors:
 
 class PipelineServer:
     def __init__(self, args: LipserveArgs | dict):
+        t_start = time.perf_counter()
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
         self.store = JobStore(self.args.database_path)
@@ -61,6 +63,7 @@ class PipelineServer:
             # Any failure here fails the constructor with its reason; Serve retries the replica.
             self.warmup_info = run_warmup(self.actors.generator, self.actors.writers, self.actors.crop_size)
             log.info("pipeline replica %s warm: %s", self.owner, self.warmup_info)
+        self.warmup_info["constructor_seconds"] = time.perf_counter() - t_start
         self._wait_chaos_gate()
         try:
             from serve_app.metrics import PipelineMetrics
@@ -73,10 +76,6 @@ class PipelineServer:
     def _wait_chaos_gate(self) -> None:
         """Chaos tests hold readiness with a gate file; absent in production, so no wait at all."""
         chaos = ChaosHooks(self.args.chaos_dir)
-        if not chaos.present("hold_pipeline_ready"):
-            return
-        import time
-
         while chaos.present("hold_pipeline_ready"):  # condition wait on the test's gate
             time.sleep(0.1)
 
