@@ -7,17 +7,13 @@ with ``serve.ingress(api)`` and ``serve.deployment`` using options from the type
 
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import av
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -25,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from actors.audio import decode_audio
+from actors.avatar import file_digest
 from actors.errors import (
     ErrorCode,
     InputError,
@@ -319,7 +316,7 @@ class IngressServer:
         try:
             path = await self._save_upload(video, tmp_dir, "video")
             info = await asyncio.to_thread(probe_template, path, limits_from(self.args))
-            digest = await asyncio.to_thread(_sha256, path)
+            digest = await asyncio.to_thread(file_digest, path)
             avatar_id = digest[:24]
             final = self.storage.registered_dir() / f"{avatar_id}{path.suffix}"
             os.replace(path, final)
@@ -340,14 +337,6 @@ class IngressServer:
             return JSONResponse({"status": "not_ready", "reason": f"no warm pipeline replica ({type(exc).__name__})"},
                                 status_code=503)
         return {"status": "ready", "pipeline": info}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _current_server() -> "IngressServer":

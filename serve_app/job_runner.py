@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import RayActorError, RayTaskError
 
 from actors.avatar import AvatarParams
 from actors.errors import (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from actors.avatar import AvatarCache, AvatarParams
-from actors.errors import NoFaceError, UnreadableFileError
+from actors.errors import NoFaceError
 from actors.pipeline import LocalRenderer, RenderOptions
 from serve_app.cli import main as cli_main
 from tests.media import ASSETS, speech_like, synthetic_frames, write_audio, write_video

@@ -242,7 +242,7 @@ def test_readyz_is_503_until_warmup_completes(cluster, tmp_path):
     deploy(small_args(tmp_path / "storage", chaos_dir=str(gate_dir)), name="gated", prefix="/gated", blocking=False)
     client = Client(f"http://127.0.0.1:{cluster}/gated")
     try:
-        r = client.wait_http("/healthz", 200, timeout=90)  # ingress is up ...
+        client.wait_http("/healthz", 200, timeout=90)  # ingress is up ...
         assert client.http.get("/readyz").status_code == 503  # ... but no warm pipeline replica yet
         shutil.rmtree(gate_dir)
         assert client.wait_http("/readyz", 200, timeout=90).json()["status"] == "ready"
