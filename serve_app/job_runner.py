@@ -192,8 +192,11 @@ class JobRunner:
         plan = make_plan(n_samples, avatar, mode, self.args.writer.segment_frames)
         work_dir.mkdir(parents=True, exist_ok=True)
         paths = [str(work_dir / seg.file_name) for seg in plan.segments]
+        t0 = time.perf_counter()
         await self._timed(job.id, "generate_write", state,
                           self._run_segments(job, state, plan, avatar, mel, paths))
+        if self.metrics:
+            self.metrics.fps.set(plan.n_out / max(1e-6, time.perf_counter() - t0))
 
         result_path = str(self.storage.result_path(job.id))
         tmp_result = result_path + ".partial.mp4"

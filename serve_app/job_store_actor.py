@@ -1,0 +1,86 @@
+"""The job store as one Ray actor, for clusters of several nodes.
+
+SQLite's locking (WAL) is only safe between processes of one machine, never over a network file
+system. With ``job_store: actor`` every replica talks to a single detached actor pinned to the head
+node, which is the only process that opens the SQLite file (on the head's persistent volume). The
+actor is detached (it outlives application restarts and upgrades) and restarted by Ray if it dies;
+records survive in the file.
+
+``RemoteJobStore`` has the same blocking methods as ``JobStore``, so callers do not change: they
+already run store calls in worker threads (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from actors.errors import InvalidParameterError
+from serve_app.job_store import JobStore
+
+STORE_METHODS = frozenset({
+    "create", "get", "list", "count", "claimable", "is_cancelled", "claim", "heartbeat", "add_incident",
+    "add_timing", "succeed", "fail_attempt", "release", "cancel", "delete",
+})
+STORE_ACTOR_NAME = "lipserve-job-store"
+STORE_NAMESPACE = "lipserve"
+
+
+class JobStoreService:
+    """Actor body: owns the only SQLite connection of the cluster."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.store = JobStore(path)
+
+    def database_path(self) -> str:
+        return self.path
+
+    def call(self, method: str, args: tuple, kwargs: dict):
+        if method not in STORE_METHODS:
+            raise AttributeError(f"JobStore has no remote method {method!r}")
+        return getattr(self.store, method)(*args, **kwargs)
+
+
+class RemoteJobStore:
+    """Client with JobStore's interface; each call is one round trip to the store actor."""
+
+    def __init__(self, actor):
+        self._actor = actor
+
+    def __getattr__(self, name: str):
+        if name not in STORE_METHODS:
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return ray.get(self._actor.call.remote(name, args, kwargs))
+
+        call.__name__ = name
+        return call
+
+    def close(self) -> None:  # the actor outlives its clients
+        pass
+
+
+def store_actor(database_path: str):
+    """Get or create the cluster's store actor (pinned to the head node, detached, restartable)."""
+    return ray.remote(JobStoreService).options(
+        name=STORE_ACTOR_NAME,
+        namespace=STORE_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=5,  # calls caught by a restart are re-sent to the new process
+        num_cpus=0,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(database_path)
+
+
+def open_job_store(mode: str, database_path: str):
+    """``local``: this process opens the SQLite file (one machine). ``actor``: see module doc."""
+    if mode == "actor":
+        actor = store_actor(database_path)
+        actual = ray.get(actor.database_path.remote())
+        if actual != database_path:  # one store per cluster: two apps must not disagree silently
+            raise InvalidParameterError(f"the cluster's job store actor uses {actual}, not {database_path}")
+        return RemoteJobStore(actor)
+    return JobStore(database_path)
