@@ -86,6 +86,28 @@ class IngressDeploymentSettings(_Strict):
     max_queued_requests: int = 200
 
 
+class DuixSettings(_Strict):
+    """The Duix/HeyGem-compatible API (``POST /easy/submit``, ``GET /easy/query``; see
+    ``serve_app/duix_compat.py``)."""
+
+    enabled: bool = True
+    # Root of the volume Duix clients share with the server (the original's /code/data). Relative
+    # input names resolve under ``<data_dir>/temp``, where results are published as ``{code}-r.mp4``.
+    # Default: ``<storage_dir>/duix``; a relative path is taken from the project root.
+    data_dir: str | None = None
+    # Forget a task after its first success/error reply (a later query answers 10004), as the
+    # original server does.
+    delete_after_report: bool = False
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = os.path.expanduser(v)
+        return v if os.path.isabs(v) else os.path.join(PROJECT_ROOT, v)
+
+
 class LipserveArgs(_Strict):
     """Arguments of ``serve_app.app:build_app``."""
 
@@ -99,6 +121,7 @@ class LipserveArgs(_Strict):
     pipeline: PipelineDeploymentSettings = Field(default_factory=PipelineDeploymentSettings)
     ingress: IngressDeploymentSettings = Field(default_factory=IngressDeploymentSettings)
     actor_faults: ActorFaultSettings = Field(default_factory=ActorFaultSettings)
+    duix: DuixSettings = Field(default_factory=DuixSettings)
     warmup: bool = True
     # Directory of fault-injection marker files, for the chaos tests only. None in production.
     chaos_dir: str | None = None

@@ -31,6 +31,7 @@ from actors.errors import (
     UnreadableFileError,
 )
 from actors.template import probe_template
+from serve_app import duix_compat
 from serve_app.config import LipserveArgs
 from serve_app.dispatcher import JobDispatcher
 from serve_app.job_store import TERMINAL, JobStore
@@ -171,19 +172,34 @@ class IngressServer:
             raise InvalidParameterError(
                 f"backend {backend!r} is not served by this deployment (it serves {configured!r})")
 
-    async def _queue_full_response(self) -> JSONResponse | None:
+    async def _queue_full(self) -> str | None:
+        """Why a new job is refused now (the queue is at its bound), or None. Shared with the Duix API."""
         queued = await self._db(self.store.count, "queued")
         if self.metrics:
             self.metrics.queue_depth.set(queued)
         if queued >= self.args.jobs.max_queued_jobs:
             if self.metrics:
                 self.metrics.rejected.inc(tags={"reason": "queue_full"})
-            retry = str(self.args.jobs.retry_after_s)
-            return JSONResponse({"error": {"code": "queue_full", "retryable": True,
-                                           "message": f"{queued} jobs are queued (limit "
-                                                      f"{self.args.jobs.max_queued_jobs}); retry in {retry} s"}},
-                                status_code=429, headers={"Retry-After": retry})
+            return (f"{queued} jobs are queued (limit {self.args.jobs.max_queued_jobs}); "
+                    f"retry in {self.args.jobs.retry_after_s} s")
         return None
+
+    async def _queue_full_response(self) -> JSONResponse | None:
+        message = await self._queue_full()
+        if message is None:
+            return None
+        return JSONResponse({"error": {"code": "queue_full", "retryable": True, "message": message}},
+                            status_code=429, headers={"Retry-After": str(self.args.jobs.retry_after_s)})
+
+    async def _enqueue(self, params: dict, priority: int = 0, job_id: str | None = None):
+        """Record a validated job (queued) and nudge the dispatcher. Shared with the Duix API.
+        Raises ``DuplicateJobError`` if ``job_id`` is taken."""
+        rec = await self._db(self.store.create, params, priority=priority, job_id=job_id)
+        if self.metrics:
+            self.metrics.submitted.inc()
+        self.dispatcher.ensure_started()
+        self.dispatcher.nudge()
+        return rec
 
     async def create_job(self, request: Request) -> JSONResponse:
         """Shared by the native API and the Duix-compatible one."""
@@ -249,11 +265,7 @@ class IngressServer:
         params = {"audio_path": str(audio_path), "video_path": str(video_path), "pingpong": req.pingpong,
                   "box": req.box, "backend": self.args.generator.backend, "inputs": display,
                   "avatar_id": req.avatar_id}
-        rec = await self._db(self.store.create, params, priority=req.priority, job_id=job_id)
-        if self.metrics:
-            self.metrics.submitted.inc()
-        self.dispatcher.ensure_started()
-        self.dispatcher.nudge()
+        rec = await self._enqueue(params, priority=req.priority, job_id=job_id)
         return JSONResponse(rec.to_api(), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
@@ -383,6 +395,15 @@ def build_api() -> FastAPI:
     @api.post("/v1/avatars", status_code=201, summary="Register a template video once; jobs pass avatar_id")
     async def register_avatar(request: Request, srv: IngressServer = S):
         return await srv.register_avatar(request)
+
+    # Duix/HeyGem-compatible API: existing clients work unchanged (serve_app/duix_compat.py).
+    @api.post("/easy/submit", summary="Duix/HeyGem: submit a task (JSON body, whatever the Content-Type)")
+    async def duix_submit(request: Request, srv: IngressServer = S):
+        return await duix_compat.submit(srv, request)
+
+    @api.get("/easy/query", summary="Duix/HeyGem: task status; the result is published in the shared temp dir")
+    async def duix_query(code: str | None = None, srv: IngressServer = S):
+        return await duix_compat.query(srv, code)
 
     @api.get("/healthz", summary="Liveness")
     async def healthz():
