@@ -118,8 +118,7 @@ class JobRunner:
                 return fut.result()
             except Exception as exc:  # noqa: BLE001 - classified by type below
                 raise unwrap_ray_error(exc, stage) from exc
-        fut.cancel()
-        ray.cancel(ref)
+        fut.cancel()  # stop waiting; the call itself is short and finishes on its own (see _stop_pending)
         if state.cancelled.is_set():
             raise CancelledError(f"job cancelled during {stage}", stage=stage)
         raise StageTimeoutError(f"no progress in {stage} for {timeout:.0f} s", stage=stage)
@@ -207,10 +206,12 @@ class JobRunner:
         return result_path
 
     async def _stop_pending(self, pending: dict) -> None:
-        """Cancel in-flight segment calls and let them settle, so nothing writes into the job's
-        directory after it is cleaned up (bounded: a segment call is short)."""
-        for entry in pending.values():
-            ray.cancel(entry[2])
+        """Let the in-flight segment calls settle, so nothing writes into the job's directory after
+        it is cleaned up. There are at most ``max_inflight_segments`` of them and each is short.
+
+        They are deliberately not ``ray.cancel``-ed: cancelling a queued actor call leaves a gap in
+        the actor's per-caller ordering that stalls every later call to that actor (health checks
+        included) for Ray's reorder wait (~30 s per gap)."""
         if pending:
             await asyncio.wait(set(pending), timeout=self.args.jobs.min_stuck_s)
         for fut in pending:

@@ -248,3 +248,25 @@ def test_readyz_is_503_until_warmup_completes(cluster, tmp_path):
         assert client.wait_http("/readyz", 200, timeout=90).json()["status"] == "ready"
     finally:
         serve.delete("gated")
+
+
+def test_cancelling_many_running_jobs_keeps_the_pipeline_responsive(service, media):
+    """Regression: cancelling in-flight actor calls once stalled the actors for ~80 s."""
+    import time
+
+    from tests.service_harness import pipeline_handle
+
+    client, storage = service
+    audio, video = make_media(media, 20.0, seed=41)
+    ids = [client.submit_files(audio, video, box=BOX).json()["id"] for _ in range(6)]
+    client.wait(ids[0], predicate=lambda r: r["status"] == "running" and r["progress"] > 0.1)
+    for job_id in ids:
+        assert client.http.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    t0 = time.monotonic()
+    pipeline_handle().actor_pids.remote().result(timeout_s=10)  # actors answer at once
+    short, _ = make_media(media, 1.0, seed=42)
+    job = client.submit_files(short, video, box=BOX).json()["id"]
+    assert client.wait(job, timeout=60)["status"] == "succeeded"
+    assert time.monotonic() - t0 < 30
+    for job_id in ids:
+        wait_until(lambda: not (storage / "jobs" / job_id).exists(), f"temp files of {job_id} removed")
