@@ -115,6 +115,11 @@ class LipserveArgs(_Strict):
 
     storage_dir: str = "var/lipserve"
     database_url: str | None = None  # default: sqlite file under storage_dir
+    # Who opens the SQLite file: "local" = every replica (one machine only: SQLite locking does not
+    # work across machines); "actor" = one detached store actor on the head node (multi-node).
+    job_store: Literal["local", "actor"] = "local"
+    # ONNX face detector (SCRFD-style [N,5] output, or YuNet); None = embedded Haar cascade.
+    detector_model: str | None = None
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)

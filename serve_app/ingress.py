@@ -35,6 +35,7 @@ from serve_app import duix_compat
 from serve_app.config import LipserveArgs
 from serve_app.dispatcher import JobDispatcher
 from serve_app.job_store import TERMINAL, JobStore
+from serve_app.job_store_actor import open_job_store
 from serve_app.pipeline_server import limits_from
 from serve_app.storage import Storage
 
@@ -76,7 +77,7 @@ class IngressServer:
     def __init__(self, args: LipserveArgs | dict, pipeline):
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
-        self.store = JobStore(self.args.database_path)
+        self.store = open_job_store(self.args.job_store, self.args.database_path)
         self.pipeline = pipeline
         limit = self.args.pipeline.autoscaling.max_replicas * self.args.pipeline.max_ongoing_requests
         self.dispatcher = JobDispatcher(self._claimable, self._run_on_pipeline, limit=limit,

@@ -182,7 +182,7 @@ class JobRunner:
             writer.prepare_audio.remote(audio_path), state, "audio", limit))
         state.progress = max(state.progress, 0.02)
         box = tuple(p["box"]) if p.get("box") else None
-        params = AvatarParams(crop_size=self.actors.crop_size, box=box)
+        params = AvatarParams(crop_size=self.actors.crop_size, box=box, detector_model=self.args.detector_model)
         avatar = await self._timed(job.id, "avatar", state, self._await(
             self._next_writer().prepare_avatar.remote(video_path, params), state, "avatar", limit))
         state.progress = max(state.progress, 0.05)

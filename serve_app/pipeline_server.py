@@ -21,7 +21,7 @@ from actors.limits import MediaLimits
 from actors.writer import pick_video_codec
 from serve_app.config import LipserveArgs
 from serve_app.job_runner import JobRunner, PipelineActors
-from serve_app.job_store import JobStore
+from serve_app.job_store_actor import open_job_store
 from serve_app.ray_actors import CONTROL_GROUPS, ChaosHooks, GeneratorActor, WriterActor
 from serve_app.storage import Storage
 from serve_app.warmup import run_warmup
@@ -55,7 +55,7 @@ class PipelineServer:
         t_start = time.perf_counter()
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
-        self.store = JobStore(self.args.database_path)
+        self.store = open_job_store(self.args.job_store, self.args.database_path)
         self.owner = f"pipeline@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.actors = create_actors(self.args, self.storage)
         self.warmup_info: dict = {"skipped": True}

@@ -36,6 +36,7 @@ def chaos_args(storage: Path, chaos_dir: Path) -> dict:
     return small_args(
         storage,
         chaos_dir=str(chaos_dir),
+        job_store="actor",  # the multi-node store: also survives the whole-app restart below
         writer={"pool_size": POOL, "num_cpus": 0.1, "segment_frames": 10},
         jobs={"lease_s": 3, "heartbeat_s": 0.3, "retry_backoff_s": 0.2, "min_stuck_s": 3, "stuck_factor": 6,
               "max_inflight_segments": 2},
