@@ -25,6 +25,7 @@ def pipeline_options(args: LipserveArgs) -> dict[str, Any]:
         "target_ongoing_requests": a.target_ongoing_requests,
         "upscale_delay_s": a.upscale_delay_s,
         "downscale_delay_s": a.downscale_delay_s,
+        "look_back_period_s": a.look_back_period_s,
     }
     if a.initial_replicas is not None:
         autoscaling["initial_replicas"] = a.initial_replicas

@@ -26,6 +26,7 @@ class AutoscalingSettings(_Strict):
     target_ongoing_requests: float = 2.0
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
+    look_back_period_s: float = 30.0
 
 
 class ActorFaultSettings(_Strict):

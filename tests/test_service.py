@@ -270,3 +270,27 @@ def test_cancelling_many_running_jobs_keeps_the_pipeline_responsive(service, med
     assert time.monotonic() - t0 < 30
     for job_id in ids:
         wait_until(lambda: not (storage / "jobs" / job_id).exists(), f"temp files of {job_id} removed")
+
+
+def test_autoscaling_adds_a_pipeline_replica_under_load(cluster, tmp_path, media):
+    """Busy replicas -> Serve starts another (warm) replica and both take jobs."""
+    from tests.service_harness import ray_processes
+
+    args = small_args(tmp_path / "storage", pipeline={
+        "max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5,
+                        "upscale_delay_s": 0, "downscale_delay_s": 5, "look_back_period_s": 1}})
+    deploy(args, name="scaling", prefix="/scaling")
+    client = Client(f"http://127.0.0.1:{cluster}/scaling")
+    try:
+        client.wait_http("/readyz", 200)
+        audio, video = make_media(media, 30.0, seed=51)
+        ids = [client.submit_files(audio, video, box=BOX).json()["id"] for _ in range(5)]
+        wait_until(lambda: len(ray_processes("ray::ServeReplica:scaling:PipelineServer")) == 2,
+                   "a second pipeline replica", timeout=90)
+        finals = [client.wait(i, timeout=180) for i in ids]
+        assert [f["status"] for f in finals] == ["succeeded"] * 5
+        owners = {f["attempts"][-1]["owner"] for f in finals}
+        assert len(owners) == 2, owners  # the new replica ran jobs too
+    finally:
+        serve.delete("scaling")
