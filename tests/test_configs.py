@@ -218,7 +218,7 @@ def test_pipeline_options_follow_args():
     assert opts["ray_actor_options"] == {"num_cpus": 0.75}
     assert opts["autoscaling_config"] == {
         "min_replicas": 2, "max_replicas": 9, "initial_replicas": 3,
-        "target_ongoing_requests": 1.25, "upscale_delay_s": 11, "downscale_delay_s": 222,
+        "target_ongoing_requests": 1.25, "upscale_delay_s": 11, "downscale_delay_s": 222, "look_back_period_s": 30.0,
     }
     assert "num_replicas" not in opts  # autoscaled
     assert "initial_replicas" not in pipeline_options(LipserveArgs())["autoscaling_config"]
