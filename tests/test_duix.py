@@ -22,7 +22,7 @@ from ray import serve
 from serve_app.duix_compat import parse_body, pingpong, publish_result, resolve_source
 from serve_app.job_store import JobRecord
 from tests.media import ASSETS, speech_like, synthetic_frames, write_audio, write_video
-from tests.service_harness import Client, deploy, small_args, start_cluster, stop_cluster, wait_until
+from tests.service_harness import Client, deploy, small_args, wait_until
 
 ACCEPTED = {"code": 10000, "data": {}, "msg": 10000, "success": True}
 UNKNOWN = {"code": 10004, "data": {}, "msg": "任务不存在", "success": True}
@@ -123,13 +123,6 @@ def test_publish_result_links_atomically_and_replaces_stale_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the service
-
-@pytest.fixture(scope="module")
-def cluster():
-    port = start_cluster()
-    yield port
-    stop_cluster()
-
 
 @pytest.fixture(scope="module")
 def duix(cluster, tmp_path_factory):

@@ -16,14 +16,7 @@ import pytest
 from ray import serve
 
 from tests.media import ASSETS, synthetic_frames, write_video
-from tests.service_harness import BOX, Client, wait_until, deploy, make_media, small_args, start_cluster, stop_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    port = start_cluster()
-    yield port
-    stop_cluster()
+from tests.service_harness import BOX, Client, deploy, make_media, small_args, wait_until
 
 
 @pytest.fixture(scope="module")
