@@ -287,3 +287,20 @@ def test_autoscaling_adds_a_pipeline_replica_under_load(cluster, tmp_path, media
         assert len(owners) == 2, owners  # the new replica ran jobs too
     finally:
         serve.delete("scaling")
+
+
+def test_stopping_a_replica_drains_its_running_job(cluster, tmp_path, media):
+    """Downscale / rolling update / delete: the replica finishes its job within the grace period."""
+    from serve_app.job_store import JobStore
+
+    storage = tmp_path / "storage"
+    args = small_args(storage, pipeline={"num_cpus": 0.1, "graceful_shutdown_timeout_s": 60})
+    deploy(args, name="drain", prefix="/drain")
+    client = Client(f"http://127.0.0.1:{cluster}/drain")
+    client.wait_http("/readyz", 200)
+    audio, video = make_media(media, 30.0, seed=61)
+    job_id = client.submit_files(audio, video, box=BOX).json()["id"]
+    client.wait(job_id, predicate=lambda r: r["status"] == "running" and r["progress"] > 0.1)
+    serve.delete("drain")  # returns once the replicas are gone
+    rec = JobStore(str(storage / "jobs.sqlite3")).get(job_id)
+    assert rec.status == "succeeded" and len(rec.attempts) == 1, (rec.status, rec.attempts)
