@@ -11,6 +11,7 @@ memory, stuck stage, internal bug) are retried by the job runner with backoff.
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from typing import Any
 
@@ -164,12 +165,10 @@ def as_lipserve_error(exc: BaseException, *, stage: str | None = None) -> Lipser
         return exc
     if isinstance(exc, MemoryError):
         return OutOfMemoryError(f"out of memory{f' in {stage}' if stage else ''}: {exc!r}", stage=stage)
-    try:  # torch's CUDA OOM is a distinct type; import lazily so this module stays light
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return OutOfMemoryError(f"GPU out of memory{f' in {stage}' if stage else ''}: {exc}", stage=stage)
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    # torch's CUDA OOM is a distinct type. If torch was never imported in this process the error
+    # cannot be one, and importing it here (seconds) would stall the caller's event loop.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return OutOfMemoryError(f"GPU out of memory{f' in {stage}' if stage else ''}: {exc}", stage=stage)
     where = f" in {stage}" if stage else ""
     return InternalError(f"{type(exc).__name__}{where}: {exc}".rstrip(": "), stage=stage)

@@ -74,6 +74,8 @@ class JobDispatcher:
             # The job record stays 'running' until its lease expires; then it is claimable again
             # and the next pass dispatches it to a live replica.
             log.warning("dispatch of job %s ended with %s: %s", job_id, type(exc).__name__, exc)
+            # Back off before this slot is reused, so a failing pipeline is not hammered in a loop.
+            await asyncio.sleep(self.poll_s)
         finally:
             self.outstanding.discard(job_id)
             self.nudge()

@@ -252,7 +252,7 @@ async def submit(srv: "IngressServer", request: Request) -> JSONResponse:
             else:
                 raise UnreadableFileError(f"no such file on the server (looked for {source})",
                                           path=display[field])
-        await asyncio.to_thread(srv._validate_media, paths["audio"], paths["video"], display)
+        await srv._io(srv._validate_media, paths["audio"], paths["video"], display)
         params = {"audio_path": str(paths["audio"]), "video_path": str(paths["video"]),
                   "pingpong": bool(duix["pn"]), "box": None, "backend": srv.args.generator.backend,
                   "inputs": display, "avatar_id": None, "duix": duix}

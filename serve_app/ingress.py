@@ -7,11 +7,13 @@ with ``serve.ingress(api)`` and ``serve.deployment`` using options from the type
 
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,7 @@ from actors.errors import (
     LipserveError,
     MediaTooLargeError,
     UnreadableFileError,
+    as_lipserve_error,
 )
 from actors.template import probe_template
 from serve_app import duix_compat
@@ -61,7 +64,7 @@ class JobRequest(BaseModel):
     avatar_id: str | None = Field(None, description="a template registered with POST /v1/avatars")
     backend: str | None = None
     pingpong: bool = True
-    priority: int = 0
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
     box: list[int] | None = Field(None, min_length=4, max_length=4, description="face box x1 y1 x2 y2")
 
 
@@ -76,6 +79,8 @@ def _job_or_404(store: JobStore, job_id: str):
 class IngressServer:
     def __init__(self, args: LipserveArgs | dict, pipeline):
         self.args = LipserveArgs.from_any(args)
+        self._db_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lipserve-db")
+        self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lipserve-io")
         self.storage = Storage(self.args.storage_dir)
         self.store = open_job_store(self.args.job_store, self.args.database_path)
         self.pipeline = pipeline
@@ -102,10 +107,16 @@ class IngressServer:
 
     async def check_health(self) -> None:
         self.dispatcher.ensure_started()
-        await asyncio.to_thread(self.store.count, "queued")
+        await self._db(self.store.count, "queued")
 
     async def _db(self, fn, *a, **kw):
-        return await asyncio.to_thread(fn, *a, **kw)
+        # Store calls get a pool of their own: Serve sizes the default executor by the replica's
+        # (fractional) CPUs, and status / SSE / dispatch must not wait behind media checks.
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *a, **kw))
+
+    async def _io(self, fn, *a, **kw):
+        """Blocking media / file work (header checks, hashing, cleanup), bounded separately."""
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, functools.partial(fn, *a, **kw))
 
     # ------------------------------------------------------------------ inputs
     async def _save_upload(self, upload: UploadFile, dest_dir: Path, field: str) -> Path:
@@ -250,19 +261,24 @@ class IngressServer:
                     raise InvalidParameterError("a template is required: 'video' or 'avatar_id'")
                 video_path = self._avatar_path(req.avatar_id)
                 display["video"] = f"avatar {req.avatar_id}"
-            await asyncio.to_thread(self._validate_media, audio_path, video_path, display)
+            await self._io(self._validate_media, audio_path, video_path, display)
         except ValidationError as exc:
-            self.storage.remove_job_work(job_id)
+            await self._io(self.storage.remove_job_work, job_id)
             msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()) or str(exc)
             return error_response(InvalidParameterError(f"invalid request: {msg}"), 422)
         except (ValueError, TypeError) as exc:
-            self.storage.remove_job_work(job_id)
+            await self._io(self.storage.remove_job_work, job_id)
             return error_response(InvalidParameterError(f"invalid request: {exc}"), 422)
         except LipserveError as err:
-            self.storage.remove_job_work(job_id)
+            await self._io(self.storage.remove_job_work, job_id)
             if self.metrics:
                 self.metrics.rejected.inc(tags={"reason": err.code.value})
             return error_response(err)
+        except Exception as exc:  # noqa: BLE001 - never a bare 500 or leftover files
+            await self._io(self.storage.remove_job_work, job_id)
+            log.exception("submission %s failed", job_id)
+            err = as_lipserve_error(exc, stage="submit")
+            return error_response(err, 500)
         params = {"audio_path": str(audio_path), "video_path": str(video_path), "pingpong": req.pingpong,
                   "box": req.box, "backend": self.args.generator.backend, "inputs": display,
                   "avatar_id": req.avatar_id}
@@ -316,7 +332,7 @@ class IngressServer:
         if rec.status == "cancelled" and before.status == "queued":
             # A job that is not running has no owner to clean up after it: drop its inputs here.
             # A running job's owner sees the cancel on its next heartbeat and cleans up itself.
-            await asyncio.to_thread(self.storage.remove_job_work, job_id)
+            await self._io(self.storage.remove_job_work, job_id)
         return rec.to_api()
 
     async def register_avatar(self, request: Request):
@@ -328,8 +344,8 @@ class IngressServer:
         tmp_dir.mkdir()
         try:
             path = await self._save_upload(video, tmp_dir, "video")
-            info = await asyncio.to_thread(probe_template, path, limits_from(self.args))
-            digest = await asyncio.to_thread(file_digest, path)
+            info = await self._io(probe_template, path, limits_from(self.args))
+            digest = await self._io(file_digest, path)
             avatar_id = digest[:24]
             final = self.storage.registered_dir() / f"{avatar_id}{path.suffix}"
             os.replace(path, final)
@@ -344,12 +360,30 @@ class IngressServer:
         return {"status": "ok"}
 
     async def readyz(self):
+        # Readiness comes from Serve's own view: a RUNNING PipelineServer replica has finished its
+        # constructor, warm-up included. Asking a replica directly would queue behind its running
+        # jobs (max_ongoing_requests) and report a busy service as not ready.
         try:
-            info = await asyncio.wait_for(self.pipeline.ready.remote(), timeout=2.0)
-        except Exception as exc:  # noqa: BLE001 - no replica yet, or it is still warming up
-            return JSONResponse({"status": "not_ready", "reason": f"no warm pipeline replica ({type(exc).__name__})"},
+            running = await self._db(_running_pipeline_replicas)
+        except Exception as exc:  # noqa: BLE001 - controller unreachable: not ready, say why
+            return JSONResponse({"status": "not_ready", "reason": f"cannot read Serve status: {exc!r}"},
                                 status_code=503)
-        return {"status": "ready", "pipeline": info}
+        if running == 0:
+            return JSONResponse({"status": "not_ready", "reason": "no warm pipeline replica yet"}, status_code=503)
+        body = {"status": "ready", "pipeline_replicas": running}
+        try:  # details of one replica's warm-up, when one has a free slot to answer quickly
+            body["pipeline"] = await asyncio.wait_for(self.pipeline.ready.remote(), timeout=1.0)
+        except Exception:  # noqa: BLE001 - optional detail only
+            pass
+        return body
+
+
+def _running_pipeline_replicas() -> int:
+    from ray import serve
+
+    app = serve.get_replica_context().app_name
+    deployment = serve.status().applications[app].deployments.get("PipelineServer")
+    return int(deployment.replica_states.get("RUNNING", 0)) if deployment else 0
 
 
 def _current_server() -> "IngressServer":

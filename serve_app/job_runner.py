@@ -22,9 +22,11 @@ straight to a writer as an object ref. Recovery:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +86,13 @@ class JobRunner:
         self.owner = owner
         self.metrics = metrics
         self._writer_turn = 0
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lipserve-store")
 
     # ---------------------------------------------------------------- helpers
     async def _db(self, fn, *a, **kw):
-        return await asyncio.to_thread(fn, *a, **kw)
+        # A pool of its own: Serve sizes the replica's default executor by its (fractional) CPUs,
+        # and store calls (heartbeats!) must not queue behind other blocking work.
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *a, **kw))
 
     def _next_writer(self):
         self._writer_turn += 1
@@ -95,8 +100,17 @@ class JobRunner:
 
     async def _heartbeat(self, job_id: str, state: AttemptState) -> None:
         jobs = self.args.jobs
+        renewed = time.monotonic()
         while not state.cancelled.is_set():
-            ok = await self._db(self.store.heartbeat, job_id, self.owner, jobs.lease_s, state.progress, state.stage)
+            try:
+                ok = await self._db(self.store.heartbeat, job_id, self.owner, jobs.lease_s, state.progress,
+                                    state.stage)
+            except Exception as exc:  # noqa: BLE001 - a store hiccup (locked DB, store actor restart)
+                log.warning("heartbeat of job %s failed (%s: %s); retrying", job_id, type(exc).__name__, exc)
+                ok = time.monotonic() - renewed < jobs.lease_s  # past the lease the job may be taken over
+            else:
+                if ok:
+                    renewed = time.monotonic()
             if not ok:  # cancelled by the user, or another replica took the job over
                 state.cancelled.set()
                 return
@@ -143,7 +157,7 @@ class JobRunner:
             result_path = await self._run_attempt(job, state, work_dir)
             if not await self._db(self.store.succeed, job.id, self.owner, result_path):
                 raise CancelledError("job was cancelled or taken over before it could be marked done")
-            self.storage.remove_job_work(job.id)  # inputs and segments; the result stays
+            await asyncio.to_thread(self.storage.remove_job_work, job.id)  # inputs, segments; result stays
             if self.metrics:
                 self.metrics.job_finished("succeeded", None)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded
@@ -157,7 +171,7 @@ class JobRunner:
                 # Cancelled by request: drop partial work. Taken over by another replica (our lease
                 # lapsed): leave the files, the new owner reuses the finished segments.
                 if await self._db(self.store.is_cancelled, job.id):
-                    self.storage.remove_job_work(job.id)
+                    await asyncio.to_thread(self.storage.remove_job_work, job.id)
                 if self.metrics:
                     self.metrics.job_finished("cancelled", "cancelled")
             else:
@@ -165,7 +179,7 @@ class JobRunner:
                 rec = await self._db(self.store.fail_attempt, job.id, self.owner, error.to_dict(),
                                      self.args.jobs.max_attempts, self.args.jobs.retry_backoff_s)
                 if rec is not None and rec.status == "failed":
-                    self.storage.remove_job_work(job.id)
+                    await asyncio.to_thread(self.storage.remove_job_work, job.id)
                     if self.metrics:
                         self.metrics.job_finished("failed", error.code.value)
         finally:
@@ -198,12 +212,26 @@ class JobRunner:
             self.metrics.fps.set(plan.n_out / max(1e-6, time.perf_counter() - t0))
 
         result_path = str(self.storage.result_path(job.id))
-        tmp_result = result_path + ".partial.mp4"
+        tmp_result = f"{result_path}.{self.owner.rsplit(':', 1)[-1]}-{len(job.attempts)}.partial.mp4"
         await self._timed(job.id, "finalize", state, self._await(
             self._next_writer().finalize.remote(paths, audio_path, tmp_result, plan.fps), state, "finalize",
             limit))
         os.replace(tmp_result, result_path)
         return result_path
+
+    def _restart_stuck_actors(self, pending: dict) -> str:
+        """Find which stage is wedged and kill that actor (Ray restarts it): a wedged actor would
+        stall every job on this replica. Generated crops not ready -> the generator; else the
+        writers holding the pending segments."""
+        generated = [entry[5] for entry in pending.values()]
+        _, not_ready = ray.wait(generated, num_returns=len(generated), timeout=0, fetch_local=False)
+        if not_ready:
+            ray.kill(self.actors.generator, no_restart=False)
+            return "GeneratorActor"
+        stuck = sorted({entry[4] for entry in pending.values()})
+        for w in stuck:
+            ray.kill(self.actors.writers[w], no_restart=False)
+        return ", ".join(f"WriterActor[{w}]" for w in stuck)
 
     async def _stop_pending(self, pending: dict) -> None:
         """Let the in-flight segment calls settle, so nothing writes into the job's directory after
@@ -257,7 +285,7 @@ class JobRunner:
             w = self._writer_turn % len(self.actors.writers)
             ref = self.actors.writers[w].write_segment.remote(
                 avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path)
-            pending[asyncio.ensure_future(ref)] = (seg, path, ref, time.perf_counter(), w)
+            pending[asyncio.ensure_future(ref)] = (seg, path, ref, time.perf_counter(), w, generated)
 
         while queue or pending:
             while queue and len(pending) < jobs.max_inflight_segments:  # backpressure
@@ -272,14 +300,13 @@ class JobRunner:
                 await self._stop_pending(pending)
                 raise CancelledError("job cancelled while rendering segments", stage="generate_write")
             if not done:
-                # A wedged generator would stall every job: restart it (Ray recreates the actor).
-                ray.kill(self.actors.generator, no_restart=False)
+                culprit = self._restart_stuck_actors(pending)
                 await self._stop_pending(pending)
                 raise StageTimeoutError(
                     f"no segment finished for {timeout:.1f} s (expected ~{expected_s or 0:.1f} s each); "
-                    "generator restarted", stage="generate_write")
+                    f"{culprit} restarted", stage="generate_write")
             for fut in done:
-                seg, path, ref, t_submit, w = pending.pop(fut)
+                seg, path, ref, t_submit, w, _ = pending.pop(fut)
                 try:
                     _, writer_pid, generator_pid = fut.result()
                 except Exception as exc:  # noqa: BLE001 - classified by type

@@ -61,7 +61,8 @@ class PipelineServer:
         self.warmup_info: dict = {"skipped": True}
         if self.args.warmup:
             # Any failure here fails the constructor with its reason; Serve retries the replica.
-            self.warmup_info = run_warmup(self.actors.generator, self.actors.writers, self.actors.crop_size)
+            self.warmup_info = run_warmup(self.actors.generator, self.actors.writers, self.actors.crop_size,
+                                          self.storage.root / "warmup")
             log.info("pipeline replica %s warm: %s", self.owner, self.warmup_info)
         self.warmup_info["constructor_seconds"] = time.perf_counter() - t_start
         self._wait_chaos_gate()

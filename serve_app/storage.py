@@ -7,6 +7,7 @@
       jobs/<id>/inputs/            uploaded or fetched inputs of one job
       jobs/<id>/segments/          encoded segments of the running attempt (reused by a retry)
       results/<id>.mp4             finished videos
+      warmup/                      a replica's warm-up job while its constructor runs (removed after)
 """
 
 from __future__ import annotations
@@ -43,5 +44,5 @@ class Storage:
     def remove_job_work(self, job_id: str) -> None:
         """Temp files of a job (inputs, segments, a partial result); the finished result stays."""
         shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)
-        partial = Path(str(self.result_path(job_id)) + ".partial.mp4")
-        partial.unlink(missing_ok=True)
+        for partial in (self.root / "results").glob(f"{job_id}.mp4.*partial.mp4"):
+            partial.unlink(missing_ok=True)

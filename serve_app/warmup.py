@@ -56,10 +56,15 @@ def _synthetic_speech(path: Path, seconds: float = 0.6, sr: int = 16000) -> None
         w.writeframes((y * 32767).astype(np.int16).tobytes())
 
 
-def run_warmup(generator, writers: list, crop_size: int, timeout_s: float = 300.0) -> dict:
-    """Push a tiny job through audio, avatar, generate, write and finalize; verify the MP4."""
+def run_warmup(generator, writers: list, crop_size: int, work_root: str | Path, timeout_s: float = 300.0) -> dict:
+    """Push a tiny job through audio, avatar, generate, write and finalize; verify the MP4.
+
+    ``work_root`` must be storage every actor can read (the shared ``storage_dir`` on a cluster):
+    the writers may run on other nodes than this replica.
+    """
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="lipserve-warmup-"))
+    Path(work_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="warmup-", dir=work_root))
     try:
         video, audio, out = tmp / "template.mp4", tmp / "speech.wav", tmp / "out.mp4"
         box = _synthetic_template(video)

@@ -176,7 +176,7 @@ def test_bad_input_is_a_typed_4xx(service, media, case):
 def limited(cluster, tmp_path_factory):
     """One job at a time, a queue bound of 2, small uploads: for 429, priority and cancel."""
     storage = tmp_path_factory.mktemp("limited")
-    args = small_args(storage, jobs={"max_queued_jobs": 2, "retry_after_s": 7, "max_upload_bytes": 400_000,
+    args = small_args(storage, jobs={"max_queued_jobs": 2, "retry_after_s": 7, "max_upload_bytes": 2_000_000,
                                      "lease_s": 4, "heartbeat_s": 0.5},
                       pipeline={"max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2})
     deploy(args, name="limited", prefix="/limited")
@@ -188,13 +188,14 @@ def limited(cluster, tmp_path_factory):
 
 def test_queue_bound_priority_and_cancel(limited, media):
     client, storage = limited
-    long_audio, video = make_media(media, 8.0, seed=21)
+    long_audio, video = make_media(media, 40.0, seed=21)
     short_audio, _ = make_media(media, 0.8, seed=22)
     running = client.submit_files(long_audio, video, box=BOX).json()["id"]
     client.wait(running, predicate=lambda r: r["status"] == "running")
     low = client.submit_files(short_audio, video, box=BOX, priority=0).json()["id"]
     high = client.submit_files(short_audio, video, box=BOX, priority=5).json()["id"]
 
+    assert client.http.get("/readyz").status_code == 200  # busy is still ready
     full = client.submit_files(short_audio, video, box=BOX)
     assert full.status_code == 429 and full.headers["retry-after"] == "7"
     assert full.json()["error"]["code"] == "queue_full" and full.json()["error"]["message"]
@@ -222,7 +223,7 @@ def test_queue_bound_priority_and_cancel(limited, media):
 
 def test_upload_over_limit_is_413(limited, media):
     client, _ = limited
-    audio, video = make_media(media, 30.0, seed=31)  # ~1 MB wav > 400 kB limit
+    audio, video = make_media(media, 90.0, seed=31)  # ~2.9 MB wav > 2 MB limit
     r = client.submit_files(audio, video)
     assert r.status_code == 413 and r.json()["error"]["code"] == "media_too_large"
     assert audio.name in r.json()["error"]["message"]
