@@ -65,6 +65,9 @@ class JobSettings(_Strict):
     min_stuck_s: float = 30.0
     prepare_timeout_s: float = 600.0  # audio decode, avatar preparation, final mux
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Directories that JSON submissions may name server paths under; None = any path (only for a
+    # trusted network: otherwise any readable file could be used as an input).
+    input_roots: list[str] | None = None
     max_duration_s: float = 600.0
     max_width: int = 3840
     max_height: int = 3840

@@ -154,6 +154,12 @@ class IngressServer:
                 raise UnreadableFileError(f"download failed: {type(exc).__name__}: {exc}", path=source) from exc
             return dest
         path = Path(source).expanduser()
+        roots = self.args.jobs.input_roots
+        if roots is not None:  # checked before existence, so outside paths reveal nothing
+            resolved = path.resolve()
+            if not any(resolved.is_relative_to(Path(r).resolve()) for r in roots):
+                raise InvalidParameterError(
+                    f"server paths must lie under {', '.join(roots)} (jobs.input_roots)", path=source)
         if not path.is_file():
             raise UnreadableFileError("no such file on the server", path=source)
         return path.resolve()

@@ -177,6 +177,7 @@ def limited(cluster, tmp_path_factory):
     """One job at a time, a queue bound of 2, small uploads: for 429, priority and cancel."""
     storage = tmp_path_factory.mktemp("limited")
     args = small_args(storage, jobs={"max_queued_jobs": 2, "retry_after_s": 7, "max_upload_bytes": 2_000_000,
+                                     "input_roots": [str(storage)],
                                      "lease_s": 4, "heartbeat_s": 0.5},
                       pipeline={"max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2})
     deploy(args, name="limited", prefix="/limited")
@@ -219,6 +220,16 @@ def test_queue_bound_priority_and_cancel(limited, media):
     client.http.delete(f"/v1/jobs/{blocker}")
     assert client.wait(blocker)["status"] == "cancelled"
     assert client.job(queued)["attempts"] == []
+
+
+def test_server_paths_outside_input_roots_are_refused(limited, media):
+    client, _ = limited
+    audio, video = make_media(media, 1.0, seed=32)
+    r = client.submit_json(audio=str(audio), video=str(video))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter"
+    assert "input_roots" in r.json()["error"]["message"] and str(audio) in r.json()["error"]["message"]
+    r = client.submit_json(audio="/etc/passwd", video=str(video))
+    assert r.status_code == 422 and "input_roots" in r.json()["error"]["message"]
 
 
 def test_upload_over_limit_is_413(limited, media):
