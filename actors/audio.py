@@ -41,6 +41,7 @@ from actors.errors import (
     MediaTooLongError,
     NoAudioStreamError,
     UnreadableFileError,
+    decode_failure,
 )
 from actors.limits import MediaLimits
 
@@ -138,7 +139,7 @@ def decode_audio(path, limits: MediaLimits | None = None) -> np.ndarray:
                 take(resampler.resample(frame))
             take(resampler.resample(None))  # flush what the resampler buffered
         except av.error.FFmpegError as exc:
-            raise UnreadableFileError(f"{name}: audio could not be decoded ({_reason(exc)})", path=p) from exc
+            raise decode_failure(exc, f"{name}: audio could not be decoded ({_reason(exc)})", p) from exc
 
     if total == 0:
         raise EmptyAudioError(f"{name}: the audio stream holds no samples", path=p)

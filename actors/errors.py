@@ -11,6 +11,7 @@ memory, stuck stage, internal bug) are retried by the job runner with backoff.
 
 from __future__ import annotations
 
+import errno
 import sys
 from enum import Enum
 from typing import Any
@@ -154,6 +155,19 @@ ALL_ERRORS: tuple[type[LipserveError], ...] = (
     InternalError,
     CancelledError,
 )
+
+
+# errno values that mean "the storage or the machine had a bad moment", not "this file is bad".
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                              errno.EAGAIN, errno.ETIMEDOUT, errno.ENOSPC})
+
+
+def decode_failure(exc: BaseException, message: str, path: str | None) -> LipserveError:
+    """Classify a failure while reading media by its errno: transient I/O (shared volume hiccup, too
+    many open files, full disk) is retryable; anything else means the file itself is unreadable."""
+    if getattr(exc, "errno", None) in TRANSIENT_ERRNOS:
+        return InternalError(f"{message} (transient I/O error: {exc})", path=path)
+    return UnreadableFileError(message, path=path)
 
 
 def as_lipserve_error(exc: BaseException, *, stage: str | None = None) -> LipserveError:

@@ -42,6 +42,7 @@ from actors.errors import (
     MediaTooLongError,
     NoVideoStreamError,
     UnreadableFileError,
+    decode_failure,
 )
 from actors.limits import MediaLimits
 
@@ -333,7 +334,7 @@ def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tupl
                 continue
             yield index, rotate_upright(_to_bgr(frame), rotation)
     except (av.FFmpegError, OSError) as exc:
-        raise UnreadableFileError(f"cannot decode video of {path}: {exc}", path=path) from exc
+        raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
         container.close()
 
@@ -394,7 +395,7 @@ def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
         if index is None:  # the seek landed at or past the end (seen with MPEG-TS): not trustworthy
             raise _SeekMissed()
     except (av.FFmpegError, OSError) as exc:
-        raise UnreadableFileError(f"cannot decode video of {path}: {exc}", path=path) from exc
+        raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
         container.close()
 
