@@ -33,6 +33,7 @@ import functools
 import heapq
 import os
 import uuid
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -87,6 +88,26 @@ def _remove_quietly(path: Path) -> None:
         pass
     except OSError:  # pragma: no cover
         pass
+
+
+@contextmanager
+def _atomic_output(out_path: Path, what: str):
+    """Yield a temp path beside ``out_path``; on success it replaces ``out_path`` atomically, on any
+    failure it is removed. Media / OS errors become an ``InternalError`` saying ``what`` failed."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(out_path)
+    try:
+        yield tmp
+        os.replace(tmp, out_path)
+    except LipserveError:
+        _remove_quietly(tmp)
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        _remove_quietly(tmp)
+        raise InternalError(f"{out_path}: {what} failed: {exc}", path=str(out_path), stage=_STAGE) from exc
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
 
 
 def _check_fps(fps) -> Fraction:
@@ -194,10 +215,8 @@ def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width:
             path=str(out_path), stage=_STAGE)
     if not 0 <= int(crf) <= 51:
         raise InvalidParameterError(f"crf must be within 0..51, got {crf}", stage=_STAGE)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out_path)
     n = 0
-    try:
+    with _atomic_output(out_path, "encoding the segment") as tmp:
         with av.open(str(tmp), "w", format="mp4") as out:
             try:
                 stream = _open_video_encoder_stream(out, codec, fps, width, height, int(crf), preset)
@@ -223,17 +242,6 @@ def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width:
                                             path=str(out_path), stage=_STAGE)
             for packet in stream.encode(None):
                 out.mux(packet)
-        os.replace(tmp, out_path)
-    except LipserveError:
-        _remove_quietly(tmp)
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        _remove_quietly(tmp)
-        raise InternalError(f"{out_path}: encoding the segment failed: {exc}",
-                            path=str(out_path), stage=_STAGE) from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
     return n
 
 
@@ -400,45 +408,33 @@ def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitr
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise UnreadableFileError(f"cannot open {audio_path} as media: {exc}", path=audio_path,
                                   stage=_STAGE) from exc
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out_path)
     try:
-        if not audio_in.streams.audio:
-            raise NoAudioStreamError(f"{audio_path} has no audio stream", path=audio_path, stage=_STAGE)
-        a_in = audio_in.streams.audio[0]
-        layout, rate = _audio_layout_and_rate(a_in)
-        first = _open_segment(segment_paths[0])
-        try:
-            with av.open(str(tmp), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
-                v_out = out.add_stream_from_template(first.streams.video[0])
-                v_out.time_base = Fraction(1) / fps
-                a_out = out.add_stream("aac", rate=rate, layout=layout)
-                a_out.bit_rate = int(audio_bitrate)
-                n_video, n_audio = [0], [0]
-                packets = heapq.merge(
-                    _video_packets(segment_paths, fps, first.streams.video[0], n_video),
-                    _audio_packets(audio_in, a_in, a_out, rate, layout, audio_path, n_audio),
-                    key=lambda item: (item[0], item[1]),
-                )
-                for _, order, packet in packets:
-                    packet.stream = v_out if order == 0 else a_out
-                    out.mux(packet)
-        finally:
-            first.close()
-        if n_video[0] == 0:
-            raise InternalError(f"{out_path}: the segments hold no video frames", path=str(out_path),
-                                stage=_STAGE)
-        os.replace(tmp, out_path)
-    except LipserveError:
-        _remove_quietly(tmp)
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        _remove_quietly(tmp)
-        raise InternalError(f"{out_path}: joining the segments failed: {exc}", path=str(out_path),
-                            stage=_STAGE) from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+        with _atomic_output(out_path, "joining the segments") as tmp:
+            if not audio_in.streams.audio:
+                raise NoAudioStreamError(f"{audio_path} has no audio stream", path=audio_path, stage=_STAGE)
+            a_in = audio_in.streams.audio[0]
+            layout, rate = _audio_layout_and_rate(a_in)
+            first = _open_segment(segment_paths[0])
+            try:
+                with av.open(str(tmp), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
+                    v_out = out.add_stream_from_template(first.streams.video[0])
+                    v_out.time_base = Fraction(1) / fps
+                    a_out = out.add_stream("aac", rate=rate, layout=layout)
+                    a_out.bit_rate = int(audio_bitrate)
+                    n_video, n_audio = [0], [0]
+                    packets = heapq.merge(
+                        _video_packets(segment_paths, fps, first.streams.video[0], n_video),
+                        _audio_packets(audio_in, a_in, a_out, rate, layout, audio_path, n_audio),
+                        key=lambda item: (item[0], item[1]),
+                    )
+                    for _, order, packet in packets:
+                        packet.stream = v_out if order == 0 else a_out
+                        out.mux(packet)
+            finally:
+                first.close()
+            if n_video[0] == 0:
+                raise InternalError(f"{out_path}: the segments hold no video frames", path=str(out_path),
+                                    stage=_STAGE)
     finally:
         audio_in.close()
 
