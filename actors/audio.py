@@ -81,41 +81,65 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def decode_audio(path, limits: MediaLimits | None = None) -> np.ndarray:
-    """Decode the (best) audio stream of ``path`` to float32 mono samples at 16 kHz.
-
-    Raises UnreadableFileError, NoAudioStreamError, EmptyAudioError or MediaTooLongError.
-    """
-    limits = limits or MediaLimits()
+def _open_audio(path, limits: MediaLimits):
+    """Open ``path`` and pick its audio stream, checking what the headers can tell: the file
+    exists, is media, has audio, and its declared duration is within the limit."""
     p = str(path)
     name = os.fspath(path)
     if not os.path.exists(p):
         raise UnreadableFileError(f"{name}: file does not exist", path=p)
     if os.path.isdir(p):
         raise UnreadableFileError(f"{name}: is a directory, not a media file", path=p)
-
-    max_s = float(limits.max_duration_s)
-    max_samples = int(math.ceil((max_s + _DURATION_SLACK_S) * SAMPLE_RATE))
-
     try:
         container = av.open(p, mode="r")
     except av.error.FFmpegError as exc:
         raise UnreadableFileError(f"{name}: not a readable media file ({_reason(exc)})", path=p) from exc
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UnreadableFileError(f"{name}: cannot open ({_reason(exc)})", path=p) from exc
-
-    with container:
+    try:
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise NoAudioStreamError(
                 f"{name}: no audio stream (streams present: {', '.join(kinds)})", path=p)
         stream = container.streams.best("audio") or container.streams.audio[0]
-
+        max_s = float(limits.max_duration_s)
         declared = _declared_duration(container, stream)
         if declared is not None and declared > max_s + _DURATION_SLACK_S:
             raise MediaTooLongError(
                 f"{name}: audio is {declared:.2f} s long, over the limit of {max_s:g} s", path=p)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
 
+
+def probe_audio(path, limits: MediaLimits | None = None) -> None:
+    """Cheap submission-time check: the header checks of :func:`decode_audio` plus decoding up to
+    the first samples (so empty or undecodable audio is caught) without decoding the whole file.
+    A header without a duration is checked against the limit only when the job decodes it."""
+    p, name = str(path), os.fspath(path)
+    container, stream = _open_audio(path, limits or MediaLimits())
+    with container:
+        try:
+            for frame in container.decode(stream):
+                if frame.samples > 0:
+                    return
+        except av.error.FFmpegError as exc:
+            raise decode_failure(exc, f"{name}: audio could not be decoded ({_reason(exc)})", p) from exc
+    raise EmptyAudioError(f"{name}: the audio stream holds no samples", path=p)
+
+
+def decode_audio(path, limits: MediaLimits | None = None) -> np.ndarray:
+    """Decode the (best) audio stream of ``path`` to float32 mono samples at 16 kHz.
+
+    Raises UnreadableFileError, NoAudioStreamError, EmptyAudioError or MediaTooLongError.
+    """
+    limits = limits or MediaLimits()
+    p, name = str(path), os.fspath(path)
+    max_s = float(limits.max_duration_s)
+    max_samples = int(math.ceil((max_s + _DURATION_SLACK_S) * SAMPLE_RATE))
+    container, stream = _open_audio(path, limits)
+    with container:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         chunks: list[np.ndarray] = []
         total = 0

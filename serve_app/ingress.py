@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from actors.audio import decode_audio
+from actors.audio import probe_audio
 from actors.avatar import file_digest
 from actors.errors import (
     ErrorCode,
@@ -168,7 +168,7 @@ class IngressServer:
         """Cheap header checks so bad inputs fail at submission with a typed 4xx, not minutes later."""
         limits = limits_from(self.args)
         try:
-            decode_audio(audio_path, limits)  # audio is light; video frames are never decoded here
+            probe_audio(audio_path, limits)  # headers + first samples; frames are never decoded here
         except LipserveError as err:
             raise type(err)(err.message.replace(str(audio_path), display["audio"]), path=display["audio"]) from err
         try:

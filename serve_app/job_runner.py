@@ -94,9 +94,13 @@ class JobRunner:
         # and store calls (heartbeats!) must not queue behind other blocking work.
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *a, **kw))
 
-    def _next_writer(self):
+    def _next_writer_index(self) -> int:
+        """Round-robin over the writer pool."""
         self._writer_turn += 1
-        return self.actors.writers[self._writer_turn % len(self.actors.writers)]
+        return self._writer_turn % len(self.actors.writers)
+
+    def _next_writer(self):
+        return self.actors.writers[self._next_writer_index()]
 
     async def _heartbeat(self, job_id: str, state: AttemptState) -> None:
         jobs = self.args.jobs
@@ -281,8 +285,7 @@ class JobRunner:
         def submit(seg, path):
             faces, mels = plan.generator_inputs(seg, crops, mel)
             generated = self.actors.generator.generate.remote(faces, mels)
-            self._writer_turn += 1
-            w = self._writer_turn % len(self.actors.writers)
+            w = self._next_writer_index()
             ref = self.actors.writers[w].write_segment.remote(
                 avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path)
             pending[asyncio.ensure_future(ref)] = (seg, path, ref, time.perf_counter(), w, generated)

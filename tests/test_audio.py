@@ -280,3 +280,25 @@ def test_too_long_detected_while_decoding(tmp_path, source, monkeypatch):
         decode_audio(p, MediaLimits(max_duration_s=0.5))
     _check(err, p, ErrorCode.MEDIA_TOO_LONG)
     assert "while decoding" in str(err.value)
+
+
+def test_probe_audio_checks_without_decoding_everything(tmp_path):
+    from actors.audio import probe_audio
+    from actors.limits import MediaLimits
+
+    good = write_audio(tmp_path / "ok.wav", speech_like(1.0))
+    probe_audio(good)  # no error
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    garbage = tmp_path / "junk.mp3"
+    garbage.write_bytes(b"not audio" * 100)
+    cases = [(empty, EmptyAudioError), (garbage, UnreadableFileError), (tmp_path / "none.wav", UnreadableFileError)]
+    for path, err in cases:
+        with pytest.raises(err) as info:
+            probe_audio(path)
+        assert path.name in str(info.value)
+    with pytest.raises(MediaTooLongError):
+        probe_audio(good, MediaLimits(max_duration_s=0.5))
