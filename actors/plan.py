@@ -51,10 +51,6 @@ class RenderPlan:
         faces = np.ascontiguousarray(avatar_crops[self.source_index[frames]])
         return faces, mel_windows(mel, self.fps, frames)
 
-    @property
-    def generated_frames(self) -> int:
-        return int(np.count_nonzero(self.face_present))
-
 
 def make_plan(n_audio_samples: int, avatar: Avatar, mode: str = "pingpong", segment_frames: int = 50) -> RenderPlan:
     fps = avatar.info.fps
