@@ -25,7 +25,7 @@ from actors.errors import InvalidParameterError, NoFaceError
 from actors.face.detector import make_detector
 from actors.face.tracking import boxes_from_override, track_faces
 from actors.limits import MediaLimits
-from actors.template import TemplateInfo, iter_frames, probe_template
+from actors.media.template import TemplateInfo, iter_frames, probe_template
 
 # Bump when the on-disk layout or the preprocessing changes, so stale caches are not reused.
 CACHE_VERSION = 1

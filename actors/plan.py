@@ -13,9 +13,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from actors.audio import mel_windows, num_output_frames
+from actors.media.audio import num_output_frames
 from actors.avatar import Avatar
-from actors.template import source_index_map
+from actors.errors import InvalidParameterError
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ class RenderPlan:
     def segment_sources(self, seg: Segment) -> np.ndarray:
         return self.source_index[seg.start:seg.stop]
 
-    def generator_inputs(self, seg: Segment, avatar_crops: np.ndarray, mel: np.ndarray):
-        """(faces uint8[k,S,S,3], mels float32[k,80,16]) for the k frames of ``seg`` that have a face."""
+    def generator_inputs(self, seg: Segment, avatar_crops: np.ndarray, features: np.ndarray):
+        """(faces uint8[k,S,S,3], features[k,...]) for the k frames of ``seg`` that have a face;
+        ``features`` is the generator's ``prepare_audio`` output (one row per output frame)."""
         present = self.face_present[seg.start:seg.stop]
         frames = np.arange(seg.start, seg.stop)[present]
         faces = np.ascontiguousarray(avatar_crops[self.source_index[frames]])
-        return faces, mel_windows(mel, self.fps, frames)
+        return faces, np.ascontiguousarray(features[frames])
 
 
 def make_plan(n_audio_samples: int, avatar: Avatar, mode: str = "pingpong", segment_frames: int = 50) -> RenderPlan:
@@ -60,3 +61,29 @@ def make_plan(n_audio_samples: int, avatar: Avatar, mode: str = "pingpong", segm
     segment_frames = max(1, int(segment_frames))
     segments = [Segment(i, s, min(n_out, s + segment_frames)) for i, s in enumerate(range(0, n_out, segment_frames))]
     return RenderPlan(fps=fps, n_out=n_out, source_index=source, face_present=present, segments=segments)
+
+
+_MODES = ("pingpong", "loop")
+
+
+def source_index_map(n_out: int, n_src: int, mode: str = "pingpong") -> np.ndarray:
+    """Which template frame each output frame uses.
+
+    ``loop``: ``i % n``. ``pingpong``: ``0,1,…,n-1,n-2,…,1,0,1,…`` (period ``2n-2``; ``n == 1`` gives
+    all zeros).
+    """
+    if mode not in _MODES:
+        raise InvalidParameterError(f"unknown template mode {mode!r}; expected one of {', '.join(_MODES)}")
+    if n_out < 0:
+        raise InvalidParameterError(f"number of output frames must be >= 0, got {n_out}")
+    if n_src <= 0:
+        raise InvalidParameterError(f"template must have at least one frame, got {n_src}")
+    i = np.arange(int(n_out), dtype=np.int64)
+    if n_src == 1:
+        return np.zeros(int(n_out), dtype=np.int64)
+    if mode == "loop":
+        return i % n_src
+    period = 2 * n_src - 2
+    r = i % period
+    return np.where(r < n_src, r, period - r).astype(np.int64)
+

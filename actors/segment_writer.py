@@ -17,8 +17,9 @@ import numpy as np
 from actors.avatar import Avatar
 from actors.compose import composite
 from actors.errors import InvalidParameterError
-from actors.template import iter_frames
-from actors.writer import encode_segment, join_segments
+from actors.media.template import iter_frames
+from actors.media.encode import encode_segment
+from actors.media.join import join_segments
 
 
 def _contiguous_blocks(indices: np.ndarray) -> list[tuple[int, int]]:

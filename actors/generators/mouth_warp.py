@@ -38,6 +38,7 @@ import numpy as np
 import cv2
 
 from actors.errors import InvalidParameterError
+from actors.generators.mel import hz_to_mel_slaney, mel_features, mel_to_hz_slaney
 
 __all__ = ["MouthWarpGenerator", "openness_from_mels", "mel_band_centres"]
 
@@ -56,30 +57,10 @@ _NOISE_COMP = 0.6       # how much of that excess floor is subtracted
 _LSE_BETA = 2.0         # softness of the soft maximum over bands
 
 
-def _hz_to_mel_slaney(f):
-    f = np.asarray(f, np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    lin = f / f_sp
-    log = min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep
-    return np.where(f >= min_log_hz, log, lin)
-
-
-def _mel_to_hz_slaney(m):
-    m = np.asarray(m, np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
 def mel_band_centres(n_mels: int = N_MELS, fmin: float = MEL_FMIN, fmax: float = MEL_FMAX) -> np.ndarray:
     """Centre frequencies (Hz) of the Slaney-scale mel bands used by the Wav2Lip front-end."""
-    mels = np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2)
-    return _mel_to_hz_slaney(mels)[1:-1]
+    mels = np.linspace(hz_to_mel_slaney(fmin), hz_to_mel_slaney(fmax), n_mels + 2)
+    return mel_to_hz_slaney(mels)[1:-1]
 
 
 _CENTRES = mel_band_centres()
@@ -149,6 +130,10 @@ class MouthWarpGenerator:
         self.crop_size = crop_size
 
     # ------------------------------------------------------------------ public API
+    def prepare_audio(self, samples_16k: np.ndarray, fps, n_frames: int) -> np.ndarray:
+        """The Wav2Lip mel windows (its features drive the mouth opening): ``float32[n,80,16]``."""
+        return mel_features(samples_16k, fps, n_frames)
+
     def generate(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         faces = np.asarray(faces)
         mels = np.asarray(mels)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import numpy as np
 
 from actors.errors import InvalidParameterError
+from actors.generators.mel import mel_features
 from actors.models.wav2lip import load_wav2lip
 
 CROP_SIZE = 96
@@ -50,6 +52,10 @@ class Wav2LipGenerator:
         self.runner = load_wav2lip(checkpoint, device=device)
         self.backend = self.runner.backend
         self.device = self.runner.device
+
+    def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
+        """Wav2Lip's mel windows, ``float32[n_frames,80,16]``."""
+        return mel_features(samples_16k, fps, n_frames)
 
     def generate(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         faces = np.asarray(faces)

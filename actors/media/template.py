@@ -1,4 +1,4 @@
-"""The template video: probing, streaming upright BGR frames, and the source-frame index map.
+"""The template video: probing and streaming upright BGR frames.
 
 Plain Python over PyAV (no Ray, no ffmpeg CLI).
 
@@ -9,13 +9,7 @@ tag. It is read from the display-matrix side data FFmpeg attaches to decoded fra
 ``rotate`` entry in the stream metadata. Frames from :func:`iter_frames` are turned upright, so
 their shape is ``(height, width, 3)`` with the *display* width/height of :class:`TemplateInfo`.
 
-Colours: decoded frames are converted to BGR with every sample rounded to nearest (unbiased), see
-:func:`yuv_to_bgr`. 8-bit yuv420p in BT.601 limited range (what :mod:`actors.writer` produces, and
-what FFmpeg assumes for untagged video) goes through OpenCV's ``COLOR_YUV2BGR_I420``; BT.709 and/or
-full-range 8-bit 4:2:0 (or a frame with sub-black luma) through the matching matrix
-(``cv2.transform``, rounded); anything else through
-swscale with ``ACCURATE_RND | FULL_CHR_H_INT``. swscale's default (fast) path, used before, is biased
-(about -0.5 to -1.5 levels per conversion), which made each decode/encode generation darker.
+Colours: frames are converted to BGR without bias (``actors/media/color.py``).
 
 Frame indices count decoded frames from the start of the stream (frame ``k`` is the ``k``-th
 frame a full decode yields). After a seek, the index of the first decoded frame is derived from its
@@ -26,15 +20,12 @@ following frames count on from there.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
 
 import av
-import cv2
 import numpy as np
-from av.video.reformatter import Interpolation
 
 from actors.errors import (
     InvalidParameterError,
@@ -45,6 +36,8 @@ from actors.errors import (
     decode_failure,
 )
 from actors.limits import MediaLimits
+from actors.media.color import rotate_upright, snap_rotation, yuv_to_bgr
+from actors.media.open import open_media
 
 DEFAULT_FPS = Fraction(25)
 _MAX_SANE_FPS = 1000
@@ -63,17 +56,6 @@ class TemplateInfo:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _open(path: str):
-    if not os.path.exists(path):
-        raise UnreadableFileError(f"file does not exist: {path}", path=path)
-    if os.path.isdir(path):
-        raise UnreadableFileError(f"is a directory, not a media file: {path}", path=path)
-    try:
-        return av.open(path, "r")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise UnreadableFileError(f"cannot open {path} as media: {exc}", path=path) from exc
 
 
 def _video_stream(container, path: str):
@@ -96,13 +78,6 @@ def _stream_fps(stream) -> Fraction:
     return DEFAULT_FPS
 
 
-def _snap_rotation(degrees: float) -> int:
-    """Normalise any angle to the nearest of 0/90/180/270."""
-    if degrees is None or (isinstance(degrees, float) and math.isnan(degrees)):
-        return 0
-    return int(round(float(degrees) / 90.0)) % 4 * 90
-
-
 def _rotation_of(frame, stream) -> int:
     """Clockwise display rotation of a decoded frame (display matrix), else stream 'rotate' tag."""
     try:
@@ -110,123 +85,16 @@ def _rotation_of(frame, stream) -> int:
     except Exception:  # pragma: no cover
         ccw = 0
     if ccw:
-        return _snap_rotation(-ccw)
+        return snap_rotation(-ccw)
     tag = stream.metadata.get("rotate") if stream is not None else None
     if tag:
         try:
-            return _snap_rotation(float(tag))
+            return snap_rotation(float(tag))
         except ValueError:
             return 0
     return 0
 
 
-def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
-    """Turn a stored picture upright, given the clockwise display rotation (0/90/180/270).
-
-    ``np.rot90(img, k)`` turns an image counter-clockwise by ``90*k`` degrees, so a clockwise turn of
-    ``rotation`` degrees is ``k = -rotation/90``. Returns a C-contiguous array.
-    """
-    rotation = _snap_rotation(rotation)
-    if rotation == 0:
-        return img
-    return np.ascontiguousarray(np.rot90(img, k=(-rotation // 90) % 4))
-
-
-# AVColorSpace / AVColorRange values (libavutil/pixfmt.h).
-_AVCOL_SPC_BT709 = 1
-_AVCOL_SPC_UNSPECIFIED = 2
-_AVCOL_SPC_BT470BG = 5
-_AVCOL_SPC_SMPTE170M = 6
-_AVCOL_RANGE_UNSPECIFIED = 0
-_AVCOL_RANGE_MPEG = 1
-_AVCOL_RANGE_JPEG = 2
-# (Kr, Kb) of the matrices handled without swscale; an untagged stream is BT.601, as in swscale.
-_MATRIX_KR_KB = {
-    _AVCOL_SPC_UNSPECIFIED: (0.299, 0.114),
-    _AVCOL_SPC_BT470BG: (0.299, 0.114),
-    _AVCOL_SPC_SMPTE170M: (0.299, 0.114),
-    _AVCOL_SPC_BT709: (0.2126, 0.0722),
-}
-# swscale's default yuv -> rgb path truncates; these flags make it round to nearest (and interpolate
-# chroma), so the fallback is unbiased too.
-_SWS_ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-
-
-def _yuv_to_bgr_matrix(kr: float, kb: float, full_range: bool) -> np.ndarray:
-    """3x4 float32 matrix mapping (Y, Cb, Cr, 1) to (B, G, R) for ``cv2.transform``."""
-    kg = 1.0 - kr - kb
-    ys, cs = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
-    y0 = 0.0 if full_range else 16.0
-    # R = Y' + 2(1-Kr) Cr', B = Y' + 2(1-Kb) Cb', G = (Y' - Kr R - Kb B) / Kg
-    rows = np.array([
-        [ys, 2.0 * (1.0 - kb) * cs, 0.0],                                            # B
-        [ys, -2.0 * kb * (1.0 - kb) / kg * cs, -2.0 * kr * (1.0 - kr) / kg * cs],    # G
-        [ys, 0.0, 2.0 * (1.0 - kr) * cs],                                            # R
-    ])
-    offset = -(rows @ np.array([y0, 128.0, 128.0]))
-    # cv2.transform evaluates 8-bit 3x3 transforms in 10-bit fixed point. Use coefficients that are
-    # exact multiples of 1/1024 (so the float and fixed-point paths agree), and fold their rounding
-    # error into the offset at mid-grey, so the quantisation leaves no bias (error <= ~0.05 level).
-    q = np.round(rows * 1024.0) / 1024.0
-    mid = np.array([(y0 + (255.0 if full_range else 235.0)) / 2.0, 128.0, 128.0])
-    offset = np.round((offset + (rows - q) @ mid) * 1024.0) / 1024.0
-    return np.hstack([q, offset[:, None]]).astype(np.float32)
-
-
-_YUV_TO_BGR = {(cs, full): _yuv_to_bgr_matrix(kr, kb, full)
-               for cs, (kr, kb) in _MATRIX_KR_KB.items() for full in (False, True)}
-
-
-def _i420_matrix_to_bgr(i420: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """yuv420p ``(h*3/2, w)`` -> BGR with ``matrix`` (see :func:`_yuv_to_bgr_matrix`), rounded.
-
-    Chroma is upsampled by sample repetition, as OpenCV's ``COLOR_YUV2BGR_I420`` does.
-    """
-    h, w = i420.shape[0] * 2 // 3, i420.shape[1]
-    flat = i420.reshape(-1)
-    q = (h // 2) * (w // 2)
-    u = flat[h * w:h * w + q].reshape(h // 2, w // 2)
-    v = flat[h * w + q:h * w + 2 * q].reshape(h // 2, w // 2)
-    yuv = cv2.merge([i420[:h],
-                     cv2.resize(u, (w, h), interpolation=cv2.INTER_NEAREST),
-                     cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST)])
-    return cv2.transform(yuv, matrix)
-
-
-def yuv_to_bgr(frame) -> np.ndarray:
-    """A decoded video frame as BGR uint8 ``h x w x 3``, every sample rounded to nearest.
-
-    8-bit 4:2:0 with even size in BT.601 / BT.709 (or untagged = BT.601), limited or full range, is
-    converted here with the frame's matrix and range; any other frame by swscale with accurate
-    rounding (``src_color_range`` from the frame, the matrix from the frame's colorspace tag).
-    """
-    fmt = frame.format.name
-    try:
-        color_range = int(frame.color_range)
-        colorspace = int(frame.colorspace)
-    except Exception:  # pragma: no cover
-        color_range, colorspace = _AVCOL_RANGE_UNSPECIFIED, _AVCOL_SPC_UNSPECIFIED
-    if (fmt in ("yuv420p", "yuvj420p") and colorspace in _MATRIX_KR_KB
-            and frame.width % 2 == 0 and frame.height % 2 == 0 and frame.width > 0 and frame.height > 0):
-        full = fmt == "yuvj420p" or color_range == _AVCOL_RANGE_JPEG
-        i420 = frame.to_ndarray()
-        if (not full and _MATRIX_KR_KB[colorspace] == (0.299, 0.114)
-                and int(i420[:frame.height].min()) >= 16):
-            # BT.601 limited: OpenCV's own conversion (fastest). It clamps Y below 16 up to 16
-            # before the matrix, which is wrong for sub-black pixels with colour: those frames take
-            # the exact matrix path below.
-            return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
-        return _i420_matrix_to_bgr(i420, _YUV_TO_BGR[(colorspace, full)])
-    kwargs = {"interpolation": _SWS_ACCURATE}
-    if color_range:
-        kwargs["src_color_range"] = color_range
-    try:
-        return frame.to_ndarray(format="bgr24", **kwargs)
-    except Exception:  # pragma: no cover - odd colour tags swscale refuses
-        return frame.to_ndarray(format="bgr24", interpolation=_SWS_ACCURATE)
-
-
-_to_bgr = yuv_to_bgr
 
 
 def _header_duration_s(container, stream) -> float | None:
@@ -247,7 +115,7 @@ def _first_frame(container, stream, path: str):
 
 
 def _count_packets(path: str) -> int:
-    container = _open(path)
+    container = open_media(path)
     try:
         stream = _video_stream(container, path)
         n = 0
@@ -273,7 +141,7 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
     """
     path = str(path)
     limits = limits or MediaLimits()
-    container = _open(path)
+    container = open_media(path)
     try:
         stream = _video_stream(container, path)
         coded_w, coded_h = int(stream.codec_context.width), int(stream.codec_context.height)
@@ -318,7 +186,7 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
 
 
 def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    container = _open(path)
+    container = open_media(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
@@ -332,7 +200,7 @@ def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tupl
                 rotation = _rotation_of(frame, stream)
             if index < start:
                 continue
-            yield index, rotate_upright(_to_bgr(frame), rotation)
+            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
     except (av.FFmpegError, OSError) as exc:
         raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
@@ -340,7 +208,7 @@ def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tupl
 
 
 def _stream_first_pts(path: str) -> int | None:
-    container = _open(path)
+    container = open_media(path)
     try:
         stream = _video_stream(container, path)
         if stream.start_time is not None:
@@ -360,7 +228,7 @@ class _SeekMissed(Exception):
 
 def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
                        backoff_s: float) -> Iterator[tuple[int, np.ndarray]]:
-    container = _open(path)
+    container = open_media(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
@@ -391,7 +259,7 @@ def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
                 rotation = _rotation_of(frame, stream)
             if index < start:
                 continue
-            yield index, rotate_upright(_to_bgr(frame), rotation)
+            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
         if index is None:  # the seek landed at or past the end (seen with MPEG-TS): not trustworthy
             raise _SeekMissed()
     except (av.FFmpegError, OSError) as exc:
@@ -428,30 +296,3 @@ def iter_frames(path, start: int = 0, stop: int | None = None) -> Iterator[tuple
     yield from _decode_sequential(path, start, stop)
 
 
-_MODES = ("pingpong", "loop")
-
-
-def source_index_map(n_out: int, n_src: int, mode: str = "pingpong") -> np.ndarray:
-    """Which template frame each output frame uses.
-
-    ``loop``: ``i % n``. ``pingpong``: ``0,1,…,n-1,n-2,…,1,0,1,…`` (period ``2n-2``; ``n == 1`` gives
-    all zeros).
-    """
-    if mode not in _MODES:
-        raise InvalidParameterError(f"unknown template mode {mode!r}; expected one of {', '.join(_MODES)}")
-    if n_out < 0:
-        raise InvalidParameterError(f"number of output frames must be >= 0, got {n_out}")
-    if n_src <= 0:
-        raise InvalidParameterError(f"template must have at least one frame, got {n_src}")
-    i = np.arange(int(n_out), dtype=np.int64)
-    if n_src == 1:
-        return np.zeros(int(n_out), dtype=np.int64)
-    if mode == "loop":
-        return i % n_src
-    period = 2 * n_src - 2
-    r = i % period
-    return np.where(r < n_src, r, period - r).astype(np.int64)
-
-
-__all__ = ["TemplateInfo", "probe_template", "iter_frames", "source_index_map", "rotate_upright",
-           "yuv_to_bgr", "DEFAULT_FPS"]

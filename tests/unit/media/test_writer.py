@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from actors.errors import InternalError, InvalidParameterError, NoAudioStreamError, UnreadableFileError
-from actors.template import iter_frames, probe_template
-from actors.writer import bgr_to_i420, encode_segment, join_segments, pick_video_codec
+from actors.media.encode import bgr_to_i420, encode_segment, pick_video_codec
+from actors.media.join import join_segments
+from actors.media.template import iter_frames, probe_template
 from tests.media import speech_like, synthetic_frames, write_audio, write_video
 
 W, H = 96, 64

@@ -22,7 +22,7 @@ from ray import serve
 from serve_app.duix_compat import parse_body, pingpong, publish_result, resolve_source
 from serve_app.job_store import JobRecord
 from tests.media import ASSETS, speech_like, synthetic_frames, write_audio, write_video
-from tests.service_harness import Client, deploy, small_args, wait_until
+from tests.service.harness import Client, deploy, small_args, wait_until
 
 ACCEPTED = {"code": 10000, "data": {}, "msg": 10000, "success": True}
 UNKNOWN = {"code": 10004, "data": {}, "msg": "任务不存在", "success": True}

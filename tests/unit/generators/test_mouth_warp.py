@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from actors.audio import SAMPLE_RATE, mel_windows, num_output_frames, wav2lip_mel
+from actors.generators.mel import mel_windows, wav2lip_mel
+from actors.media.audio import SAMPLE_RATE, num_output_frames
 from actors.errors import InvalidParameterError
 from actors.generators.mouth_warp import MouthWarpGenerator, openness_from_mels
 from tests.media import ASSETS, speech_like

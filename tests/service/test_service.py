@@ -16,7 +16,7 @@ import pytest
 from ray import serve
 
 from tests.media import ASSETS, synthetic_frames, write_video
-from tests.service_harness import BOX, Client, deploy, make_media, small_args, wait_until
+from tests.service.harness import BOX, Client, deploy, make_media, small_args, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def test_cancelling_many_running_jobs_keeps_the_pipeline_responsive(service, med
     """Regression: cancelling in-flight actor calls once stalled the actors for ~80 s."""
     import time
 
-    from tests.service_harness import pipeline_handle
+    from tests.service.harness import pipeline_handle
 
     client, storage = service
     audio, video = make_media(media, 20.0, seed=41)
@@ -279,7 +279,7 @@ def test_cancelling_many_running_jobs_keeps_the_pipeline_responsive(service, med
 
 def test_autoscaling_adds_a_pipeline_replica_under_load(cluster, tmp_path, media):
     """Busy replicas -> Serve starts another (warm) replica and both take jobs."""
-    from tests.service_harness import ray_processes
+    from tests.service.harness import ray_processes
 
     args = small_args(tmp_path / "storage", pipeline={
         "max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2,

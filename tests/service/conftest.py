@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service_harness import start_cluster, stop_cluster
+from tests.service.harness import start_cluster, stop_cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of actors/audio.py: decoding, the Wav2Lip mel front-end, frame/mel windows and typed errors."""
+"""Tests of actors/media/audio.py and actors/generators/mel.py: decoding, the Wav2Lip mel front-end, frame/mel windows and typed errors."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from actors import audio
-from actors.audio import (
-    SAMPLE_RATE,
-    decode_audio,
-    mel_window_start,
-    mel_windows,
-    num_output_frames,
-    wav2lip_mel,
-)
+from actors.generators import mel as audio
+from actors.media import audio as media_audio
+from actors.generators.mel import mel_window_start, mel_windows, wav2lip_mel
+from actors.media.audio import SAMPLE_RATE, decode_audio, num_output_frames
 from actors.errors import (
     EmptyAudioError,
     ErrorCode,
@@ -275,7 +270,7 @@ def test_too_long(tmp_path, source):
 def test_too_long_detected_while_decoding(tmp_path, source, monkeypatch):
     """A header without (or with a lying) duration is still stopped by the running sample count."""
     p = write_audio(tmp_path / "noheader.ogg", source)
-    monkeypatch.setattr(audio, "_declared_duration", lambda container, stream: None)
+    monkeypatch.setattr(media_audio, "_declared_duration", lambda container, stream: None)
     with pytest.raises(MediaTooLongError) as err:
         decode_audio(p, MediaLimits(max_duration_s=0.5))
     _check(err, p, ErrorCode.MEDIA_TOO_LONG)
@@ -283,7 +278,7 @@ def test_too_long_detected_while_decoding(tmp_path, source, monkeypatch):
 
 
 def test_probe_audio_checks_without_decoding_everything(tmp_path):
-    from actors.audio import probe_audio
+    from actors.media.audio import probe_audio
     from actors.limits import MediaLimits
 
     good = write_audio(tmp_path / "ok.wav", speech_like(1.0))

@@ -1,4 +1,4 @@
-"""actors/template.py: probing, streaming/seeking decode, rotation, index maps, typed errors."""
+"""actors/media/template.py (+ color.py, plan.source_index_map): probing, streaming/seeking decode, rotation, index maps, typed errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from av.video.reformatter import Interpolation
 import numpy as np
 import pytest
 
-import actors.template as template
+import actors.media.color as color
+import actors.media.template as template
 from actors.errors import (
     InvalidParameterError,
     MediaTooLargeError,
@@ -20,7 +21,9 @@ from actors.errors import (
     UnreadableFileError,
 )
 from actors.limits import MediaLimits
-from actors.template import TemplateInfo, iter_frames, probe_template, rotate_upright, source_index_map
+from actors.media.color import rotate_upright
+from actors.media.template import TemplateInfo, iter_frames, probe_template
+from actors.plan import source_index_map
 from tests.media import speech_like, synthetic_frames, write_audio, write_video
 
 W, H = 64, 48
@@ -392,7 +395,7 @@ def test_yuv_to_bgr_matches_reference(fmt, colorspace, color_range, matrix, full
     i420[h:] = rng.integers(16, 241, (h // 2, w)) if not full else rng.integers(0, 256, (h // 2, w))
     frame = av.VideoFrame.from_ndarray(i420, format=fmt)
     frame.colorspace, frame.color_range = colorspace, color_range
-    got = template.yuv_to_bgr(frame)
+    got = color.yuv_to_bgr(frame)
     assert got.dtype == np.uint8 and got.shape == (h, w, 3) and got.flags["C_CONTIGUOUS"]
     err = got - _ref_bgr(i420, *matrix, full)
     assert np.abs(err.mean(axis=(0, 1))).max() < 0.05, err.mean(axis=(0, 1))
@@ -407,7 +410,7 @@ def test_yuv_to_bgr_sub_black_luma_with_colour():
     i420[h:h + h // 4] = 128
     i420[h + h // 4:] = 230  # strong red
     frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
-    got = template.yuv_to_bgr(frame)
+    got = color.yuv_to_bgr(frame)
     ref = _ref_bgr(i420, *BT601, False)
     assert np.abs(got - ref).max() < 0.75, (got[0, 0], ref[0, 0])
 
@@ -420,7 +423,7 @@ def test_yuv_to_bgr_swscale_fallback_is_unbiased(fmt):
     bgr = np.repeat(bgr, 3, 2)[:, :64]  # 8 x 64 x 3, each grey twice
     ref_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
     frame = ref_frame.reformat(format=fmt, interpolation="BILINEAR")
-    got = template.yuv_to_bgr(frame)
+    got = color.yuv_to_bgr(frame)
     assert np.abs(got.astype(np.float64) - bgr).mean() < 0.6
     assert abs(float((got.astype(np.float64) - bgr).mean())) < 0.3
 
@@ -458,7 +461,7 @@ def test_iter_frames_honours_bt709_tag(tmp_path):
     i420 = np.ascontiguousarray(av.VideoFrame.from_ndarray(frames[3], format="bgr24").reformat(
         format="yuv420p", dst_colorspace="itu709", dst_color_range=1).to_ndarray())
     wrong = av.VideoFrame.from_ndarray(i420, format="yuv420p")
-    assert np.abs(template.yuv_to_bgr(wrong)[0, 0].astype(int) - colours[3]).max() > 10
+    assert np.abs(color.yuv_to_bgr(wrong)[0, 0].astype(int) - colours[3]).max() > 10
 
 
 def test_iter_frames_flat_greys_unbiased(tmp_path):

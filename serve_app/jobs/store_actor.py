@@ -1,26 +1,21 @@
-"""The job store as one Ray actor, for clusters of several nodes.
+"""The job store as one Ray actor, for clusters of several nodes without a database server.
 
 SQLite's locking (WAL) is only safe between processes of one machine, never over a network file
 system. With ``job_store: actor`` every replica talks to a single detached actor pinned to the head
 node, which is the only process that opens the SQLite file (on the head's persistent volume). The
 actor is detached (it outlives application restarts and upgrades) and restarted by Ray if it dies;
-records survive in the file.
+records survive in the file. ``job_store: postgres`` removes the head node from the picture.
 
-``RemoteJobStore`` has the same blocking methods as ``JobStore``, so callers do not change: they
-already run store calls in worker threads (``asyncio.to_thread``).
+``RemoteJobStore`` has the same blocking methods as the other stores, so callers do not change.
 """
 
 from __future__ import annotations
 
 import ray
 
-from actors.errors import InvalidParameterError
-from serve_app.job_store import JobStore
+from serve_app.jobs.sqlite_store import SqliteJobStore
+from serve_app.jobs.store import STORE_METHODS
 
-STORE_METHODS = frozenset({
-    "create", "get", "list", "count", "claimable", "is_cancelled", "claim", "heartbeat", "add_incident",
-    "add_timing", "succeed", "fail_attempt", "release", "cancel", "delete",
-})
 STORE_ACTOR_NAME = "lipserve-job-store"
 STORE_NAMESPACE = "lipserve"
 
@@ -30,7 +25,7 @@ class JobStoreService:
 
     def __init__(self, path: str):
         self.path = path
-        self.store = JobStore(path)
+        self.store = SqliteJobStore(path)
 
     def database_path(self) -> str:
         return self.path
@@ -42,7 +37,7 @@ class JobStoreService:
 
 
 class RemoteJobStore:
-    """Client with JobStore's interface; each call is one round trip to the store actor."""
+    """Client with the JobStore interface; each call is one round trip to the store actor."""
 
     def __init__(self, actor):
         self._actor = actor
@@ -73,14 +68,3 @@ def store_actor(database_path: str):
         num_cpus=0,
         resources={"node:__internal_head__": 0.001},
     ).remote(database_path)
-
-
-def open_job_store(mode: str, database_path: str):
-    """``local``: this process opens the SQLite file (one machine). ``actor``: see module doc."""
-    if mode == "actor":
-        actor = store_actor(database_path)
-        actual = ray.get(actor.database_path.remote())
-        if actual != database_path:  # one store per cluster: two apps must not disagree silently
-            raise InvalidParameterError(f"the cluster's job store actor uses {actual}, not {database_path}")
-        return RemoteJobStore(actor)
-    return JobStore(database_path)

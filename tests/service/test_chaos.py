@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray import serve
 
-from tests.service_harness import (
+from tests.service.harness import (
     BOX,
     Client,
     decode_frames,

@@ -1,4 +1,4 @@
-"""Tests of serve_app.job_store: the durable, multi-process SQLite job store."""
+"""Tests of the job store (serve_app/jobs): the durable, multi-process SQLite backend."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import sqlite3
 
 import pytest
 
-from serve_app.job_store import TERMINAL, DuplicateJobError, JobRecord, JobStore
+from serve_app.jobs.records import TERMINAL, JobParams, JobRecord
+from serve_app.jobs.sqlite_store import SqliteJobStore as JobStore
+from serve_app.jobs.store import DuplicateJobError
+
+
+def P(**kw) -> JobParams:
+    """Job params with placeholder paths; tests set only what they check."""
+    return JobParams(**{"audio_path": "/a.wav", "video_path": "/v.mp4", **kw})
 
 T0 = 1_000_000.0
 RETRYABLE = {"code": "internal", "message": "boom", "retryable": True}
@@ -24,18 +31,18 @@ def store(tmp_path):
 
 def test_create_get_list_filter(store, tmp_path):
     assert (tmp_path / "sub" / "jobs.sqlite3").exists()
-    a = store.create({"audio_path": "/a.wav", "video_path": "/v.mp4"}, now=T0)
-    b = store.create({"x": [1, 2]}, priority=5, job_id="job-b", now=T0 + 1)
-    c = store.create({}, now=T0 + 2)
+    a = store.create(P(), now=T0)
+    b = store.create(P(audio_path="x12"), priority=5, job_id="job-b", now=T0 + 1)
+    c = store.create(P(), now=T0 + 2)
     assert len(a.id) == 32 and a.status == "queued" and a.next_attempt_at == T0
     assert b.id == "job-b"
     got = store.get("job-b")
     assert isinstance(got, JobRecord)
-    assert got.params == {"x": [1, 2]} and got.priority == 5 and got.attempts == [] and got.error is None
+    assert got.params.audio_path == "x12" and got.priority == 5 and got.attempts == [] and got.error is None
     assert got.started_at is None and got.finished_at is None and got.created_at == T0 + 1
     assert store.get("nope") is None
     with pytest.raises(DuplicateJobError):
-        store.create({}, job_id="job-b")
+        store.create(P(), job_id="job-b")
     assert issubclass(DuplicateJobError, ValueError)
 
     assert [r.id for r in store.list()] == [c.id, b.id, a.id]  # newest first
@@ -50,10 +57,10 @@ def test_create_get_list_filter(store, tmp_path):
 
 
 def test_claimable_priority_order_and_due_time(store):
-    low = store.create({}, priority=0, now=T0)
-    high = store.create({}, priority=10, now=T0 + 1)
-    mid1 = store.create({}, priority=5, now=T0 + 2)
-    mid2 = store.create({}, priority=5, now=T0 + 3)
+    low = store.create(P(), priority=0, now=T0)
+    high = store.create(P(), priority=10, now=T0 + 1)
+    mid1 = store.create(P(), priority=5, now=T0 + 2)
+    mid2 = store.create(P(), priority=5, now=T0 + 3)
     assert store.claimable(now=T0 + 10) == [high.id, mid1.id, mid2.id, low.id]
     assert store.claimable(now=T0 + 10, limit=2) == [high.id, mid1.id]
     assert store.claimable(now=T0 + 1.5) == [high.id, low.id]  # the others are not due yet
@@ -79,7 +86,7 @@ def _claim_worker(path: str, owner: str, barrier, out) -> None:
 def test_claim_is_atomic_across_processes(tmp_path):
     path = str(tmp_path / "jobs.sqlite3")
     s = JobStore(path)
-    ids = {s.create({"i": i}).id for i in range(20)}
+    ids = {s.create(P(audio_path=f"/a{i}.wav")).id for i in range(20)}
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_claim_worker, args=(path, f"w{i}", barrier, out)) for i in range(4)]
@@ -95,17 +102,18 @@ def test_claim_is_atomic_across_processes(tmp_path):
     for job_id in ids:
         rec = s.get(job_id)
         assert rec.status == "running" and len(rec.attempts) == 1
-        assert rec.owner == owners[job_id] == rec.attempts[0]["owner"]
+        assert rec.owner == owners[job_id] == rec.attempts[0].owner
     s.close()
 
 
 def test_lease_expiry_takeover_records_worker_lost(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     first = store.claim(job.id, "w1", lease_s=6, now=T0 + 1)
     assert first.status == "running" and first.owner == "w1" and first.lease_until == T0 + 7
     assert first.started_at == T0 + 1
-    assert first.attempts == [
-        {"n": 1, "owner": "w1", "started_at": T0 + 1, "ended_at": None, "error": None, "incidents": []}
+    assert [a.model_dump() for a in first.attempts] == [
+        {"n": 1, "owner": "w1", "started_at": T0 + 1, "ended_at": None, "error": None, "released": False,
+         "incidents": []}
     ]
     assert store.heartbeat(job.id, "w1", lease_s=6, progress=0.4, stage="generate", now=T0 + 5)
     assert store.claim(job.id, "w2", lease_s=6, now=T0 + 10) is None  # lease now until T0 + 11
@@ -116,11 +124,12 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert taken.started_at == T0 + 1  # first start is kept
     assert taken.progress == pytest.approx(0.4)
     prev, cur = taken.attempts
-    assert prev["ended_at"] == T0 + 20 and prev["error"]["code"] == "worker_lost"
-    assert prev["error"]["retryable"] is True and "owner w1 stopped heartbeating" in prev["error"]["message"]
-    assert prev["incidents"] == [{"code": "worker_lost", "message": "generator actor restarted", "at": T0 + 6}]
-    assert cur == {"n": 2, "owner": "w2", "started_at": T0 + 20, "ended_at": None, "error": None, "incidents": []}
-    assert taken.error["code"] == "worker_lost"
+    assert prev.ended_at == T0 + 20 and prev.error.code == "worker_lost"
+    assert prev.error.retryable is True and "owner w1 stopped heartbeating" in prev.error.message
+    assert [i.model_dump() for i in prev.incidents] == [{"code": "worker_lost", "message": "generator actor restarted", "at": T0 + 6}]
+    assert cur.model_dump() == {"n": 2, "owner": "w2", "started_at": T0 + 20, "ended_at": None, "error": None,
+                                "released": False, "incidents": []}
+    assert taken.error.code == "worker_lost"
 
     # The old owner is told to stop; its late writes are refused.
     assert not store.heartbeat(job.id, "w1", lease_s=6, now=T0 + 21)
@@ -132,22 +141,22 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert done.status == "succeeded" and done.progress == 1.0 and done.stage == "done"
     assert done.result_path == "/out.mp4" and done.finished_at == T0 + 22
     assert done.owner is None and done.lease_until is None and done.error is None
-    assert done.attempts[-1]["ended_at"] == T0 + 22 and done.attempts[-1]["error"] is None
+    assert done.attempts[-1].ended_at == T0 + 22 and done.attempts[-1].error is None
     assert store.claim(job.id, "w3", 6, now=T0 + 100) is None  # terminal
 
 
 def test_takeover_respects_max_attempts(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     for i in range(2):
         assert store.claim(job.id, f"w{i}", lease_s=1, now=T0 + 10 * i) is not None
     assert store.claim(job.id, "w9", lease_s=1, now=T0 + 30, max_attempts=2) is None
     rec = store.get(job.id)
-    assert rec.status == "failed" and rec.error["code"] == "worker_lost" and rec.finished_at == T0 + 30
+    assert rec.status == "failed" and rec.error.code == "worker_lost" and rec.finished_at == T0 + 30
     assert rec.failed_attempts == 2
 
 
 def test_heartbeat_false_after_cancel(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     store.claim(job.id, "w1", lease_s=6, now=T0)
     assert store.heartbeat(job.id, "w1", lease_s=6, progress=0.2, now=T0 + 1)
     assert not store.heartbeat(job.id, "w2", lease_s=6, now=T0 + 1)  # not the owner
@@ -159,7 +168,7 @@ def test_heartbeat_false_after_cancel(store):
 
 
 def test_fail_attempt_retries_with_backoff_then_fails(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     t = T0
     expected_delays = [2.0, 4.0]  # backoff 2 s, doubled each failed attempt
     for n, delay in enumerate(expected_delays, start=1):
@@ -168,7 +177,7 @@ def test_fail_attempt_retries_with_backoff_then_fails(store):
         rec = store.fail_attempt(job.id, "w", RETRYABLE, max_attempts=3, backoff_s=2.0, now=t + 1)
         assert rec.status == "queued" and rec.next_attempt_at == t + 1 + delay
         assert rec.owner is None and rec.lease_until is None and rec.progress == 0.5
-        assert rec.error == RETRYABLE and rec.attempts[-1]["error"] == RETRYABLE
+        assert rec.error.model_dump() == RETRYABLE and rec.attempts[-1].error.model_dump() == RETRYABLE
         assert rec.failed_attempts == n
         assert store.claim(job.id, "w", lease_s=6, now=t + 1 + delay - 0.01) is None  # not due
         assert job.id not in store.claimable(now=t + 1 + delay - 0.01)
@@ -180,22 +189,22 @@ def test_fail_attempt_retries_with_backoff_then_fails(store):
 
 
 def test_fail_attempt_not_retryable_fails_at_once(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     store.claim(job.id, "w", lease_s=6, now=T0)
     rec = store.fail_attempt(job.id, "w", FATAL, max_attempts=3, backoff_s=1.0, now=T0 + 1)
-    assert rec.status == "failed" and rec.error == FATAL and len(rec.attempts) == 1
+    assert rec.status == "failed" and rec.error.model_dump() == FATAL and len(rec.attempts) == 1
     assert store.fail_attempt(job.id, "w", FATAL, 3, 1.0) is None  # no longer running
 
 
 def test_release_does_not_consume_attempts(store):
-    job = store.create({}, now=T0)
+    job = store.create(P(), now=T0)
     for i in range(5):  # far more releases than max_attempts
         assert store.claim(job.id, "w", lease_s=6, now=T0 + i) is not None
         store.heartbeat(job.id, "w", lease_s=6, progress=0.3, stage="generate", now=T0 + i)
         assert store.release(job.id, "w", now=T0 + i + 0.5)
         rec = store.get(job.id)
         assert rec.status == "queued" and rec.next_attempt_at == T0 + i + 0.5 and rec.owner is None
-        assert rec.attempts[-1]["released"] is True and rec.attempts[-1]["error"] is None
+        assert rec.attempts[-1].released is True and rec.attempts[-1].error is None
         assert rec.progress == pytest.approx(0.3)
     assert not store.release(job.id, "w")  # not running
     assert store.claim(job.id, "w", lease_s=6, now=T0 + 10) is not None
@@ -208,19 +217,19 @@ def test_release_does_not_consume_attempts(store):
 
 
 def test_cancel_semantics(store):
-    queued = store.create({}, now=T0)
-    running = store.create({}, now=T0)
-    done = store.create({}, now=T0)
+    queued = store.create(P(), now=T0)
+    running = store.create(P(), now=T0)
+    done = store.create(P(), now=T0)
     store.claim(running.id, "w1", lease_s=6, now=T0)
     store.claim(done.id, "w1", lease_s=6, now=T0)
     store.succeed(done.id, "w1", "/r.mp4", now=T0 + 1)
 
     rec = store.cancel(queued.id, now=T0 + 2)
     assert rec.status == "cancelled" and rec.finished_at == T0 + 2
-    assert rec.error == {"code": "cancelled", "message": "cancelled by request", "retryable": False}
+    assert rec.error.model_dump() == {"code": "cancelled", "message": "cancelled by request", "retryable": False}
     rec = store.cancel(running.id, now=T0 + 3)
     assert rec.status == "cancelled" and rec.owner is None and rec.lease_until is None
-    assert rec.attempts[-1]["ended_at"] == T0 + 3 and rec.attempts[-1]["error"]["code"] == "cancelled"
+    assert rec.attempts[-1].ended_at == T0 + 3 and rec.attempts[-1].error.code == "cancelled"
     again = store.cancel(running.id, now=T0 + 4)
     assert again.status == "cancelled" and again.finished_at == T0 + 3  # unchanged
     rec = store.cancel(done.id, now=T0 + 5)
@@ -234,7 +243,7 @@ def test_cancel_semantics(store):
 def test_persistence_across_reopen(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = JobStore(path)
-    job = s.create({"audio_path": "/a.wav", "pingpong": True}, priority=3, now=T0)
+    job = s.create(P(pingpong=True), priority=3, now=T0)
     s.claim(job.id, "w1", lease_s=6, now=T0)
     s.add_timing(job.id, "detect", 1.5)
     s.add_timing(job.id, "detect", 0.5)
@@ -249,10 +258,10 @@ def test_persistence_across_reopen(tmp_path):
     after = s2.get(job.id)
     assert after == before
     assert after.timings == {"detect": 2.0, "write": 2.0}
-    assert after.params == {"audio_path": "/a.wav", "pingpong": True}
+    assert after.params == P(pingpong=True)
     # The dead owner's lease expires and the restarted worker takes the job over.
     taken = s2.claim(job.id, "w1-restarted", lease_s=6, now=T0 + 60)
-    assert taken.attempts[0]["error"]["code"] == "worker_lost"
+    assert taken.attempts[0].error.code == "worker_lost"
     s2.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
@@ -260,7 +269,7 @@ def test_persistence_across_reopen(tmp_path):
 
 
 def test_to_api_is_json_and_error_messages_never_empty(store):
-    job = store.create({"video_path": "/v.mp4"}, now=T0)
+    job = store.create(P(), now=T0)
     json.dumps(job.to_api())
     store.claim(job.id, "w", lease_s=6, now=T0)
     store.add_incident(job.id, "w", "internal", "", now=T0)
@@ -276,6 +285,6 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     assert api["attempts"][0]["incidents"][0]["message"].strip()
     # The record itself is not altered by to_api().
     api["params"]["video_path"] = "changed"
-    assert store.get(job.id).params["video_path"] == "/v.mp4"
+    assert store.get(job.id).params.video_path == "/v.mp4"
     for rec in store.list():
         json.dumps(rec.to_api())
