@@ -25,6 +25,7 @@ from actors.errors import InvalidParameterError, NoFaceError
 from actors.face.detector import make_detector
 from actors.face.tracking import boxes_from_override, track_faces
 from actors.limits import MediaLimits
+from actors.media.digest import file_digest
 from actors.media.template import TemplateInfo, iter_frames, probe_template
 
 # Bump when the on-disk layout or the preprocessing changes, so stale caches are not reused.
@@ -71,15 +72,6 @@ class Avatar:
     def crops(self) -> np.ndarray:
         """uint8[n, S, S, 3] face crops, memory-mapped read-only (zeros where no face)."""
         return np.load(os.path.join(self.directory, "crops.npy"), mmap_mode="r")
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _info_to_json(info: TemplateInfo) -> dict:

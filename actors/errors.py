@@ -27,6 +27,18 @@ class ErrorCode(str, Enum):
     MEDIA_TOO_LARGE = "media_too_large"
     MEDIA_TOO_LONG = "media_too_long"
     INVALID_PARAMETER = "invalid_parameter"
+    # Refusals of the service API (not retryable unless noted).
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    RESULT_NOT_READY = "result_not_ready"  # retryable: the job has not finished yet
+    RESULT_EXPIRED = "result_expired"
+    QUEUE_FULL = "queue_full"  # retryable, with Retry-After
+    NOT_READY = "not_ready"  # retryable: no warm pipeline replica yet
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # retryable: the disk is below its watermark
+    # Operator faults: the deployment is misconfigured (not the client's input, not transient).
     MODEL_LOAD_FAILED = "model_load_failed"
     # Worker / system errors (retryable).
     WORKER_LOST = "worker_lost"
@@ -106,7 +118,61 @@ class InvalidParameterError(InputError):
     code = ErrorCode.INVALID_PARAMETER
 
 
-class ModelLoadError(InputError):
+class ServiceRefusal(LipserveError):
+    """The API refuses the request as such (auth, unknown id, conflict, full queue, ...); nothing ran."""
+
+
+class UnauthorizedError(ServiceRefusal):
+    code = ErrorCode.UNAUTHORIZED
+
+
+class ForbiddenError(ServiceRefusal):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFoundError(ServiceRefusal):
+    code = ErrorCode.NOT_FOUND
+
+
+class MethodNotAllowedError(ServiceRefusal):
+    code = ErrorCode.METHOD_NOT_ALLOWED
+
+
+class ConflictError(ServiceRefusal):
+    code = ErrorCode.CONFLICT
+
+
+class ResultNotReadyError(ServiceRefusal):
+    code = ErrorCode.RESULT_NOT_READY
+    retryable = True
+
+
+class ResultExpiredError(ServiceRefusal):
+    code = ErrorCode.RESULT_EXPIRED
+
+
+class QueueFullError(ServiceRefusal):
+    code = ErrorCode.QUEUE_FULL
+    retryable = True
+
+
+class NotReadyError(ServiceRefusal):
+    code = ErrorCode.NOT_READY
+    retryable = True
+
+
+class InsufficientStorageError(ServiceRefusal):
+    code = ErrorCode.INSUFFICIENT_STORAGE
+    retryable = True
+
+
+class ConfigurationError(LipserveError):
+    """The deployment is misconfigured: an operator must fix it; retrying the job cannot help."""
+
+    retryable = False
+
+
+class ModelLoadError(ConfigurationError):
     """A checkpoint / model file that cannot be loaded (wrong format, wrong keys or shapes)."""
 
     code = ErrorCode.MODEL_LOAD_FAILED
@@ -148,6 +214,16 @@ ALL_ERRORS: tuple[type[LipserveError], ...] = (
     MediaTooLargeError,
     MediaTooLongError,
     InvalidParameterError,
+    UnauthorizedError,
+    ForbiddenError,
+    NotFoundError,
+    MethodNotAllowedError,
+    ConflictError,
+    ResultNotReadyError,
+    ResultExpiredError,
+    QueueFullError,
+    NotReadyError,
+    InsufficientStorageError,
     ModelLoadError,
     WorkerLostError,
     OutOfMemoryError,
@@ -168,6 +244,23 @@ def decode_failure(exc: BaseException, message: str, path: str | None) -> Lipser
     if getattr(exc, "errno", None) in TRANSIENT_ERRNOS:
         return InternalError(f"{message} (transient I/O error: {exc})", path=path)
     return UnreadableFileError(message, path=path)
+
+
+def with_client_names(err: LipserveError, names: dict[str, str]) -> LipserveError:
+    """The same error with server paths replaced by the names the client knows (its upload's file
+    name, its URL): messages name the client's file, never a server path."""
+    message, path = err.message, err.path
+    for server, client in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        if server and server in message:
+            message = message.replace(server, client)
+        if path == server:
+            path = client
+    if message == err.message and path == err.path:
+        return err
+    out = type(err).__new__(type(err))
+    Exception.__init__(out, message)
+    out.message, out.path, out.stage = message, path, err.stage
+    return out
 
 
 def as_lipserve_error(exc: BaseException, *, stage: str | None = None) -> LipserveError:

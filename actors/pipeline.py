@@ -1,20 +1,14 @@
-"""In-process renderer: audio + template video -> lip-synced MP4, one stage after the other.
+"""In-process renderer: audio + template video -> lip-synced MP4 (what ``lipserve render`` runs).
 
-This is what ``lipserve render`` runs, and the reference the distributed path (Serve + Ray actors)
-must match frame for frame. Stages, in order:
-
-1. audio    decode to 16 kHz mono, Wav2Lip mel                         (actors/audio.py)
-2. avatar   probe template, track the face, cache crops (once/template) (actors/avatar.py)
-3. plan     output frame -> template frame + audio window, segments    (actors/plan.py)
-4. generate face crops + mel windows -> generated crops                (actors/generators/)
-5. write    paste crops into template frames, encode each segment      (actors/segment_writer.py)
-6. finalize join segments without re-encoding, mux AAC audio           (actors/writer.py)
-
-Work is streamed one segment at a time, so memory does not grow with the clip length.
+The job's path is the segment driver's (``actors/driver.py``), the same loop the service runs over
+Ray actors, with the stages in this process (``actors/local_stages.py``). It is the reference the
+distributed path must match frame for frame. Work is streamed a few segments at a time, so memory
+does not grow with the clip length.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -23,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from actors.audio import decode_audio, wav2lip_mel
 from actors.avatar import AvatarCache, AvatarParams
+from actors.driver import DriveEvents, DrivePolicy, RenderRequest, SegmentDriver
 from actors.generators import make_generator
 from actors.limits import MediaLimits
-from actors.plan import make_plan
+from actors.local_stages import LocalStages
+from actors.media.encode import pick_video_codec
 from actors.segment_writer import SegmentWriter
-from actors.writer import pick_video_codec
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of the whole job done 0..1)
 
@@ -43,6 +37,7 @@ class RenderOptions:
     box: tuple[int, int, int, int] | None = None
     detector_model: str | None = None
     segment_frames: int = 50
+    max_inflight: int = 2  # segments in flight: generation of one overlaps encoding of another
     prefer_nvenc: bool = False
     crf: int = 18
     cache_dir: str = os.path.join(tempfile.gettempdir(), "lipserve-avatars")
@@ -80,58 +75,55 @@ class LocalRenderer:
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 
     def render(self, audio_path: str, video_path: str, out_path: str, progress: ProgressFn | None = None) -> RenderSummary:
+        return asyncio.run(self.render_async(audio_path, video_path, out_path, progress))
+
+    async def render_async(self, audio_path: str, video_path: str, out_path: str,
+                           progress: ProgressFn | None = None) -> RenderSummary:
         opts = self.options
-        progress = progress or (lambda stage, frac: None)
-        stages: dict[str, float] = {}
         t_start = time.perf_counter()
-
-        def timed(stage: str, t0: float) -> None:
-            stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        progress("audio", 0.0)
-        samples = decode_audio(audio_path, opts.limits)
-        mel = wav2lip_mel(samples)
-        timed("audio", t0)
-
-        t0 = time.perf_counter()
-        progress("avatar", 0.02)
-        avatar = self.cache.get_or_build(video_path, avatar_params_for(opts, self.generator.crop_size))
-        timed("avatar", t0)
-
-        plan = make_plan(len(samples), avatar, opts.mode, opts.segment_frames)
-        crops = avatar.crops()
+        stages = LocalStages(self.generator, self.cache, self.writer, opts.limits)
+        events = _Events(progress)
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="lipserve-render-", dir=Path(out_path).parent)
         try:
-            paths = []
-            for seg in plan.segments:
-                t0 = time.perf_counter()
-                faces, mels = plan.generator_inputs(seg, crops, mel)
-                generated = self.generator.generate(faces, mels) if len(faces) else faces
-                timed("generate", t0)
-                t0 = time.perf_counter()
-                path = os.path.join(work_dir, seg.file_name)
-                self.writer.write_segment(avatar, plan.segment_sources(seg),
-                                          plan.face_present[seg.start:seg.stop], generated, path)
-                timed("write", t0)
-                paths.append(path)
-                progress("write", 0.05 + 0.9 * seg.stop / plan.n_out)
-            t0 = time.perf_counter()
-            progress("finalize", 0.95)
-            self.writer.finalize(paths, audio_path, out_path, plan.fps)
-            timed("finalize", t0)
+            driver = SegmentDriver(stages, DrivePolicy(max_inflight=opts.max_inflight, prepare_timeout_s=None), events)
+            result = await driver.render(RenderRequest(
+                audio_path=str(audio_path), video_path=str(video_path), out_path=str(out_path), work_dir=work_dir,
+                mode=opts.mode, avatar=avatar_params_for(opts, self.generator.crop_size),
+                segment_frames=opts.segment_frames))
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        progress("done", 1.0)
+        if progress:
+            progress("done", 1.0)
+        plan = result.plan
+        stage_seconds = {k: v for k, v in events.stage_seconds.items() if k != "generate_write"}
+        stage_seconds.update(stages.stage_seconds)
         return RenderSummary(
             out_path=str(out_path),
             frames=plan.n_out,
             fps=float(plan.fps),
-            audio_seconds=len(samples) / 16000,
-            template_frames=avatar.n_frames,
-            template_faces_found=avatar.faces_found,
+            audio_seconds=result.n_samples / 16000,
+            template_frames=result.avatar.n_frames,
+            template_faces_found=result.avatar.faces_found,
             frames_without_face=int(plan.n_out - plan.face_present.sum()),
             wall_seconds=time.perf_counter() - t_start,
-            stage_seconds=stages,
+            stage_seconds=stage_seconds,
         )
+
+
+class _Events(DriveEvents):
+    """Driver events -> the CLI's progress callback and the per-stage wall times of the summary."""
+
+    def __init__(self, progress: ProgressFn | None):
+        self._progress = progress
+        self._last = 0.0
+        self.stage_seconds: dict[str, float] = {}
+
+    def progress(self, stage: str, fraction: float | None) -> None:
+        if fraction is not None:
+            self._last = fraction
+        if self._progress:
+            self._progress(stage, self._last)
+
+    def timing(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds

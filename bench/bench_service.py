@@ -28,7 +28,7 @@ from ray import serve  # noqa: E402
 
 from actors.pipeline import LocalRenderer, RenderOptions  # noqa: E402
 from serve_app.app import build_app  # noqa: E402
-from serve_app.launcher import app_spec, load_config  # noqa: E402
+from serve_app.cli.launcher import app_spec, load_config  # noqa: E402
 from tests.media import speech_like, write_audio  # noqa: E402
 
 TEMPLATE = ROOT / "assets" / "demo_template.mp4"

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors.limits import MediaLimits
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -92,7 +94,7 @@ class IngressDeploymentSettings(_Strict):
 
 class DuixSettings(_Strict):
     """The Duix/HeyGem-compatible API (``POST /easy/submit``, ``GET /easy/query``; see
-    ``serve_app/duix_compat.py``)."""
+    ``serve_app/api/duix/``)."""
 
     enabled: bool = True
     # Root of the volume Duix clients share with the server (the original's /code/data). Relative
@@ -146,6 +148,15 @@ class LipserveArgs(_Strict):
     @property
     def database_path(self) -> str:
         return self.database_url or os.path.join(self.storage_dir, "jobs.sqlite3")
+
+    @property
+    def dispatch_limit(self) -> int:
+        """Jobs in flight at once: what every pipeline replica the autoscaler may start can take."""
+        return max(1, self.pipeline.autoscaling.max_replicas * self.pipeline.max_ongoing_requests)
+
+    def media_limits(self) -> MediaLimits:
+        j = self.jobs
+        return MediaLimits(max_width=j.max_width, max_height=j.max_height, max_duration_s=j.max_duration_s)
 
     @classmethod
     def from_any(cls, args: "LipserveArgs | dict[str, Any] | None") -> "LipserveArgs":

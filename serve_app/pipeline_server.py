@@ -1,7 +1,6 @@
 """The pipeline deployment: one replica runs jobs through the stages on its Ray actors.
 
-A plain class; ``serve_app/app.py`` turns it into a Serve deployment with options derived from the
-typed config. Its constructor creates the ``GeneratorActor`` and the ``WriterActor`` pool and runs
+A plain class; ``serve_app/app.py`` turns it into a Serve deployment with ``deployment_options(args)``. Its constructor creates the ``GeneratorActor`` and the ``WriterActor`` pool and runs
 the warm-up job, so Serve sends it traffic only once it has rendered a real (tiny) video.
 """
 
@@ -13,41 +12,49 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import ray
 
 from actors.errors import LipserveError
-from actors.limits import MediaLimits
-from actors.writer import pick_video_codec
+from serve_app.chaos import ChaosHooks
 from serve_app.config import LipserveArgs
-from serve_app.job_runner import JobRunner, PipelineActors
-from serve_app.job_store_actor import open_job_store
-from serve_app.ray_actors import CONTROL_GROUPS, ChaosHooks, GeneratorActor, WriterActor
-from serve_app.storage import Storage
+from serve_app.job_runner import JobRunner
+from serve_app.jobs.async_store import AsyncJobStore
+from serve_app.jobs.backends import open_job_store
+from serve_app.jobs.storage import Storage
+from serve_app.ray_actors import create_actors
 from serve_app.warmup import run_warmup
 
 log = logging.getLogger("lipserve.pipeline")
 
-
-def limits_from(args: LipserveArgs) -> MediaLimits:
-    j = args.jobs
-    return MediaLimits(max_width=j.max_width, max_height=j.max_height, max_duration_s=j.max_duration_s)
+DEPLOYMENT_NAME = "PipelineServer"
 
 
-def create_actors(args: LipserveArgs, storage: Storage) -> PipelineActors:
-    g, w, f = args.generator, args.writer, args.actor_faults
-    retry = dict(max_restarts=f.max_restarts, max_task_retries=f.max_task_retries)
-    generator = ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
-        num_cpus=g.num_cpus, num_gpus=g.num_gpus, **retry,
-    ).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir)
-    codec = pick_video_codec(w.prefer_nvenc)
-    writers = [
-        ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(num_cpus=w.num_cpus, **retry).remote(
-            str(storage.avatar_cache_dir), codec, w.crf, limits_from(args))
-        for _ in range(max(1, w.pool_size))
-    ]
-    info = ray.get(generator.info.remote())
-    return PipelineActors(generator=generator, writers=writers, crop_size=info["crop_size"])
+def deployment_options(args: LipserveArgs) -> dict[str, Any]:
+    p = args.pipeline
+    a = p.autoscaling
+    autoscaling = {
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "look_back_period_s": a.look_back_period_s,
+    }
+    if a.initial_replicas is not None:
+        autoscaling["initial_replicas"] = a.initial_replicas
+    return {
+        "name": DEPLOYMENT_NAME,
+        "max_ongoing_requests": p.max_ongoing_requests,
+        "max_queued_requests": p.max_queued_requests,
+        "autoscaling_config": autoscaling,
+        "graceful_shutdown_timeout_s": p.graceful_shutdown_timeout_s,
+        "health_check_period_s": p.health_check_period_s,
+        "health_check_timeout_s": p.health_check_timeout_s,
+        # The replica itself only orchestrates; the heavy work runs in its actors.
+        "ray_actor_options": {"num_cpus": p.num_cpus},
+    }
 
 
 class PipelineServer:
@@ -55,14 +62,13 @@ class PipelineServer:
         t_start = time.perf_counter()
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
-        self.store = open_job_store(self.args.job_store, self.args.database_path)
+        self.store = AsyncJobStore(open_job_store(self.args.job_store, self.args.database_path))
         self.owner = f"pipeline@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.actors = create_actors(self.args, self.storage)
+        self.actors = create_actors(self.args, str(self.storage.avatar_cache_dir))
         self.warmup_info: dict = {"skipped": True}
         if self.args.warmup:
             # Any failure here fails the constructor with its reason; Serve retries the replica.
-            self.warmup_info = run_warmup(self.actors.generator, self.actors.writers, self.actors.crop_size,
-                                          self.storage.root / "warmup")
+            self.warmup_info = run_warmup(self.actors, self.storage.root / "warmup")
             log.info("pipeline replica %s warm: %s", self.owner, self.warmup_info)
         self.warmup_info["constructor_seconds"] = time.perf_counter() - t_start
         self._wait_chaos_gate()
@@ -82,7 +88,7 @@ class PipelineServer:
 
     async def run_job(self, job_id: str) -> dict:
         """Claim ``job_id`` (if nobody else owns it) and run one attempt to its end."""
-        job = await asyncio.to_thread(self.store.claim, job_id, self.owner, self.args.jobs.lease_s,
+        job = await self.store.claim(job_id, self.owner, self.args.jobs.lease_s,
                                      max_attempts=self.args.jobs.max_attempts)
         if job is None:
             return {"id": job_id, "claimed": False}

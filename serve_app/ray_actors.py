@@ -12,49 +12,26 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import ray
 
-from actors.audio import decode_audio, wav2lip_mel
 from actors.avatar import Avatar, AvatarCache, AvatarParams
 from actors.errors import OutOfMemoryError, as_lipserve_error
 from actors.generators import make_generator
 from actors.limits import MediaLimits
+from actors.media.audio import decode_audio
+from actors.media.encode import pick_video_codec
 from actors.segment_writer import SegmentWriter
+from serve_app.chaos import ChaosHooks
+from serve_app.config import LipserveArgs
 
 
 # Small control calls (health checks, pids) get a thread of their own so they never wait behind a
 # long generate / encode call; the work methods stay one at a time per actor.
 CONTROL_GROUPS = {"control": 1}
-
-
-class ChaosHooks:
-    """Fault injection for the chaos tests: a marker file in ``chaos_dir`` triggers one fault.
-
-    A marker is consumed atomically (rename), so exactly one call sees it even across restarts.
-    Disabled (``chaos_dir=None``) in every shipped config.
-    """
-
-    def __init__(self, chaos_dir: str | None):
-        self.dir = Path(chaos_dir) if chaos_dir else None
-
-    def take(self, name: str) -> str | None:
-        if self.dir is None:
-            return None
-        marker = self.dir / name
-        taken = self.dir / f"{name}.taken.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            os.rename(marker, taken)
-        except FileNotFoundError:
-            return None
-        payload = taken.read_text().strip()
-        taken.unlink(missing_ok=True)
-        return payload or "1"
-
-    def present(self, name: str) -> bool:
-        return self.dir is not None and (self.dir / name).exists()
 
 
 class GeneratorActor:
@@ -71,7 +48,14 @@ class GeneratorActor:
         # Its own concurrency group: answers health checks while a long forward pass runs.
         return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size}
 
-    def generate(self, faces: np.ndarray, mels: np.ndarray) -> tuple[np.ndarray, int]:
+    def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
+        """The backend's per-frame audio features for the whole track (e.g. whisper on the GPU)."""
+        try:
+            return self.generator.prepare_audio(samples_16k, fps, n_frames)
+        except Exception as exc:  # typed and never empty when it crosses the process boundary
+            raise as_lipserve_error(exc, stage="features") from exc
+
+    def generate(self, faces: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, int]:
         if self.chaos.take("generator_oom"):
             raise OutOfMemoryError("injected out-of-memory in GeneratorActor.generate", stage="generate")
         hang = self.chaos.take("generator_hang")
@@ -81,13 +65,13 @@ class GeneratorActor:
         if len(faces) == 0:
             return faces, self.pid
         try:
-            return self.generator.generate(faces, mels), self.pid
+            return self.generator.generate(faces, features), self.pid
         except Exception as exc:  # typed and never empty when it crosses the process boundary
             raise as_lipserve_error(exc, stage="generate") from exc
 
 
 class WriterActor:
-    """CPU stages: audio features, avatar preparation, segment compositing + encoding, final mux."""
+    """CPU stages: audio decoding, avatar preparation, segment compositing + encoding, final mux."""
 
     def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits):
         self.cache = AvatarCache(cache_dir, limits)
@@ -99,9 +83,11 @@ class WriterActor:
     def ping(self) -> int:
         return self.pid
 
-    def prepare_audio(self, audio_path: str) -> tuple[int, np.ndarray]:
+    def decode_audio(self, audio_path: str) -> tuple[int, np.ndarray]:
+        """(sample count, 16 kHz samples): called with ``num_returns=2``, so the count travels alone and
+        the samples stay in the object store until the generator reads them."""
         samples = decode_audio(audio_path, self.limits)
-        return len(samples), wav2lip_mel(samples)
+        return len(samples), samples
 
     def prepare_avatar(self, video_path: str, params: AvatarParams) -> Avatar:
         return self.cache.get_or_build(video_path, params)
@@ -116,3 +102,36 @@ class WriterActor:
     def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps) -> str:
         self.writer.finalize(segment_paths, audio_path, out_path, fps)
         return out_path
+
+
+def generator_actor_options(args: LipserveArgs) -> dict:
+    g, f = args.generator, args.actor_faults
+    return {"num_cpus": g.num_cpus, "num_gpus": g.num_gpus, "max_restarts": f.max_restarts,
+            "max_task_retries": f.max_task_retries}
+
+
+def writer_actor_options(args: LipserveArgs) -> dict:
+    w, f = args.writer, args.actor_faults
+    return {"num_cpus": w.num_cpus, "max_restarts": f.max_restarts, "max_task_retries": f.max_task_retries}
+
+
+@dataclass
+class PipelineActors:
+    generator: "ray.actor.ActorHandle"
+    writers: list
+    crop_size: int
+
+
+def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
+    """One generator actor and the writer pool of a pipeline replica; they die with it."""
+    g, w = args.generator, args.writer
+    generator = ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
+        **generator_actor_options(args)).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir)
+    codec = pick_video_codec(w.prefer_nvenc)
+    writers = [
+        ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(**writer_actor_options(args)).remote(
+            avatar_cache_dir, codec, w.crf, args.media_limits())
+        for _ in range(max(1, w.pool_size))
+    ]
+    info = ray.get(generator.info.remote())
+    return PipelineActors(generator=generator, writers=writers, crop_size=info["crop_size"])

@@ -1,27 +1,31 @@
 """Warm-up: one tiny synthetic job through every stage, run by the pipeline replica's constructor.
 
 Serve routes traffic to a replica only after its constructor returns, so a replica that has
-finished ``run_warmup`` has loaded its models, started its actors and produced a valid MP4. No
-fixed paths (the media are made in memory and written to a fresh temp dir) and no sleeps.
+finished ``run_warmup`` has loaded its models, started its actors and produced a valid MP4 through
+the same segment driver a real job uses. No fixed paths (the media are made in memory and written
+to a fresh temp dir) and no sleeps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
 import wave
 from fractions import Fraction
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
 import numpy as np
-import ray
 
 from actors.avatar import AvatarParams
+from actors.driver import DrivePolicy, RenderRequest, SegmentDriver
 from actors.errors import InternalError
-from actors.plan import make_plan
-from actors.writer import encode_segment
+from actors.media.encode import encode_segment
+from serve_app.ray_actors import PipelineActors
+from serve_app.ray_stages import RayStages
 
 WARMUP_FPS = Fraction(25)
 WARMUP_SIZE = 96
@@ -56,11 +60,13 @@ def _synthetic_speech(path: Path, seconds: float = 0.6, sr: int = 16000) -> None
         w.writeframes((y * 32767).astype(np.int16).tobytes())
 
 
-def run_warmup(generator, writers: list, crop_size: int, work_root: str | Path, timeout_s: float = 300.0) -> dict:
-    """Push a tiny job through audio, avatar, generate, write and finalize; verify the MP4.
+def run_warmup(actors: PipelineActors, work_root: str | Path, timeout_s: float = 300.0) -> dict:
+    """Push a tiny job through every stage with the segment driver (the same path as a real job:
+    audio, avatar, features, generate, write, finalize) and verify the MP4.
 
     ``work_root`` must be storage every actor can read (the shared ``storage_dir`` on a cluster):
-    the writers may run on other nodes than this replica.
+    the writers may run on other nodes than this replica. Runs on a private event loop: the
+    replica's constructor is synchronous.
     """
     t0 = time.perf_counter()
     Path(work_root).mkdir(parents=True, exist_ok=True)
@@ -69,26 +75,17 @@ def run_warmup(generator, writers: list, crop_size: int, work_root: str | Path, 
         video, audio, out = tmp / "template.mp4", tmp / "speech.wav", tmp / "out.mp4"
         box = _synthetic_template(video)
         _synthetic_speech(audio)
-        n_samples, mel = ray.get(writers[0].prepare_audio.remote(str(audio)), timeout=timeout_s)
-        avatar = ray.get(writers[-1].prepare_avatar.remote(str(video), AvatarParams(crop_size=crop_size, box=box)),
-                         timeout=timeout_s)
-        plan = make_plan(n_samples, avatar, "pingpong", segment_frames=max(1, 15 // max(1, len(writers))))
-        crops = avatar.crops()
-        refs, paths = [], []
-        for seg in plan.segments:  # every writer gets at least one segment
-            faces, mels = plan.generator_inputs(seg, crops, mel)
-            generated = generator.generate.remote(faces, mels)
-            path = str(tmp / seg.file_name)
-            writer = writers[seg.index % len(writers)]
-            refs.append(writer.write_segment.remote(avatar, plan.segment_sources(seg),
-                                                    plan.face_present[seg.start:seg.stop], generated, path))
-            paths.append(path)
-        ray.get(refs, timeout=timeout_s)
-        ray.get(writers[0].finalize.remote(paths, str(audio), str(out), plan.fps), timeout=timeout_s)
+        # Small segments so that every writer gets at least one.
+        request = RenderRequest(audio_path=str(audio), video_path=str(video), out_path=str(out),
+                                work_dir=str(tmp / "segments"), avatar=AvatarParams(crop_size=actors.crop_size, box=box),
+                                segment_frames=max(1, 15 // max(1, len(actors.writers))))
+        driver = SegmentDriver(RayStages(actors), DrivePolicy(prepare_timeout_s=timeout_s, min_stuck_s=timeout_s))
+        with ThreadPoolExecutor(1, thread_name_prefix="lipserve-warmup") as loop_thread:
+            result = loop_thread.submit(asyncio.run, driver.render(request)).result(timeout=4 * timeout_s)
         with av.open(str(out)) as c:
             frames = sum(1 for _ in c.decode(video=0))
-        if frames != plan.n_out:
-            raise InternalError(f"warm-up produced {frames} frames, expected {plan.n_out}", stage="warmup")
+        if frames != result.plan.n_out:
+            raise InternalError(f"warm-up produced {frames} frames, expected {result.plan.n_out}", stage="warmup")
         return {"seconds": time.perf_counter() - t0, "frames": frames}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

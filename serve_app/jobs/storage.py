@@ -1,7 +1,7 @@
 """Where a job's files live under ``storage_dir`` (a shared volume on a multi-node cluster).
 
     storage_dir/
-      jobs.sqlite3                 durable job records (serve_app/job_store.py)
+      jobs.sqlite3                 durable job records (serve_app/jobs/sqlite_store.py)
       avatars/<key>/               prepared templates, shared by all jobs (actors/avatar.py)
       registered/<avatar_id>.<ext> templates registered once through POST /v1/avatars
       jobs/<id>/inputs/            uploaded or fetched inputs of one job

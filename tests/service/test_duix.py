@@ -2,7 +2,7 @@
 real local Ray cluster, driven the way existing clients drive it: relative names under the shared
 ``temp`` dir, JSON bodies with and without a JSON Content-Type, polling until ``data.status`` is 2/3,
 the result read from ``<data_dir>/temp/{code}-r.mp4``. The behaviour choices are documented in
-``serve_app/duix_compat.py``."""
+``serve_app/api/duix/``."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import httpx
 import pytest
 from ray import serve
 
-from serve_app.duix_compat import parse_body, pingpong, publish_result, resolve_source
-from serve_app.job_store import JobRecord
+from serve_app.api.duix.protocol import parse_body, pingpong, publish_result, resolve_source
+from serve_app.jobs.records import JobRecord
 from tests.media import ASSETS, speech_like, synthetic_frames, write_audio, write_video
 from tests.service.harness import Client, deploy, small_args, wait_until
 
@@ -162,7 +162,7 @@ def test_electron_style_submit_poll_and_result(duix):
     # The task is a native job too: same id, Duix fields recorded, ping-pong on.
     rec = client.job(task)
     assert rec["status"] == "succeeded" and rec["params"]["pingpong"] is True
-    assert rec["params"]["duix"] == {"code": task, "audio_url": "x.wav", "video_url": "../characters/x.mp4",
+    assert rec["meta"]["duix"] == {"code": task, "audio_url": "x.wav", "video_url": "../characters/x.mp4",
                                      "pn": 1, "watermark_switch": 0, "digital_auth": 0, "chaofen": 0}
     assert rec["params"]["video_path"] == str((data_dir / "characters" / "x.mp4").resolve())
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import ray
 
-from serve_app.job_store import JobRecord
-from serve_app.job_store_actor import STORE_ACTOR_NAME, STORE_NAMESPACE, open_job_store
+from serve_app.jobs.backends import open_job_store
+from serve_app.jobs.records import JobParams, JobRecord
+from serve_app.jobs.store_actor import STORE_ACTOR_NAME, STORE_NAMESPACE
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def cluster():
 def test_remote_store_has_the_local_interface_and_survives_restart(cluster, tmp_path):
     db = str(tmp_path / "jobs.sqlite3")
     store = open_job_store("actor", db)
-    rec = store.create({"audio_path": "a.wav"}, priority=3)
+    rec = store.create(JobParams(audio_path="a.wav", video_path="v.mp4"), priority=3)
     assert isinstance(rec, JobRecord) and rec.status == "queued"
     assert store.claimable() == [rec.id]
     claimed = store.claim(rec.id, "owner-1", 5.0)
@@ -40,6 +41,6 @@ def test_remote_store_has_the_local_interface_and_survives_restart(cluster, tmp_
 
 
 def test_local_mode_is_a_plain_store(tmp_path):
-    from serve_app.job_store import JobStore
+    from serve_app.jobs.sqlite_store import SqliteJobStore as JobStore
 
     assert isinstance(open_job_store("local", str(tmp_path / "j.sqlite3")), JobStore)

@@ -303,7 +303,7 @@ def test_autoscaling_adds_a_pipeline_replica_under_load(cluster, tmp_path, media
 
 def test_stopping_a_replica_drains_its_running_job(cluster, tmp_path, media):
     """Downscale / rolling update / delete: the replica finishes its job within the grace period."""
-    from serve_app.job_store import JobStore
+    from serve_app.jobs.sqlite_store import SqliteJobStore as JobStore
 
     storage = tmp_path / "storage"
     args = small_args(storage, pipeline={"num_cpus": 0.1, "graceful_shutdown_timeout_s": 60})

@@ -16,10 +16,12 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-from serve_app.app import build_app, ingress_options, pipeline_options
+from serve_app.app import build_app
+from serve_app.ingress import deployment_options as ingress_options
+from serve_app.pipeline_server import deployment_options as pipeline_options
 from serve_app.config import LipserveArgs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu.yaml"
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"

@@ -380,7 +380,7 @@ _SWS_ENC = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.F
 
 @pytest.mark.parametrize("fmt,colorspace,color_range,matrix,full", [
     ("yuv420p", 2, 0, BT601, False),  # untagged: BT.601 limited, as FFmpeg assumes
-    ("yuv420p", 6, 1, BT601, False),  # smpte170m/tv: what actors.writer writes
+    ("yuv420p", 6, 1, BT601, False),  # smpte170m/tv: what actors.media.encode writes
     ("yuv420p", 5, 1, BT601, False),  # bt470bg
     ("yuv420p", 1, 1, BT709, False),  # HD phone video
     ("yuv420p", 1, 2, BT709, True),

@@ -1,4 +1,4 @@
-"""actors/writer.py: independent H.264 segments, stream-copy join with AAC audio, faststart."""
+"""actors/media/encode.py + join.py: independent H.264 segments, stream-copy join with AAC audio, faststart."""
 
 from __future__ import annotations
 

@@ -70,14 +70,14 @@ def _cmd_export_onnx(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from serve_app.launcher import serve_forever
+    from serve_app.cli.launcher import serve_forever
 
     serve_forever(args.config)
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from serve_app.demo import run_demo
+    from serve_app.cli.demo import run_demo
 
     return run_demo(config_path=args.config, out_path=args.out)
 

@@ -48,7 +48,7 @@ def follow_events(base: str, job_id: str, show=print) -> dict:
 def run_demo(config_path: str = "configs/local.yaml", out_path: str = "demo_output.mp4") -> int:
     from ray import serve
 
-    from serve_app.launcher import load_config, start
+    from serve_app.cli.launcher import load_config, start
 
     config = load_config(config_path)
     t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """The Duix/HeyGem-compatible API: ``POST /easy/submit`` and ``GET /easy/query``, so that existing
 Duix.Heygem clients (the Electron app, the Go API service, ComfyUI nodes, proxies) work unchanged.
 The protocol is described in the Duix reference (``/easy`` prefix, ``{code, data, msg, success}``
-envelope); this module maps it onto lipserve's durable jobs. Routes: ``serve_app/ingress.py``
-(``build_api``); settings: ``LipserveArgs.duix`` (``serve_app/config.py``).
+envelope); this package maps it onto lipserve's durable jobs: ``protocol.py`` (this file: the wire
+format and its rules), ``service.py`` (submit / query over ``JobIntake`` and the store), ``routes.py``.
+Settings: ``LipserveArgs.duix`` (``serve_app/config.py``).
 
 Behaviour and the choices made where the original's behaviour cannot or should not be copied:
 
@@ -59,28 +60,21 @@ Behaviour and the choices made where the original's behaviour cannot or should n
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import re
 import shutil
 import urllib.parse
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from actors.errors import InputError, LipserveError, UnreadableFileError
-from serve_app.job_store import ACTIVE, SUCCEEDED, DuplicateJobError, JobRecord, normalize_error
+from actors.media.atomic import publish_link
+from serve_app.jobs.records import JobRecord
 
 if TYPE_CHECKING:
     from serve_app.config import LipserveArgs
-    from serve_app.ingress import IngressServer
-
-log = logging.getLogger("lipserve.duix")
 
 # Envelope codes of the original server.
 OK = 10000
@@ -98,7 +92,7 @@ FLAGS = ("watermark_switch", "digital_auth", "chaofen")
 ORIGINAL_ROOT = Path("/code/data")  # the original container's data volume
 CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
-_STAGE_TEXT = {
+STAGE_TEXT = {
     "audio": "音频处理中",
     "avatar": "形象处理中",
     "generate_write": "视频合成中",
@@ -125,10 +119,6 @@ def reply(code: int, success: bool, msg: Any, data: dict | None = None, status: 
     """The original's envelope: ``{"code", "data", "msg", "success"}``."""
     return JSONResponse({"code": code, "data": data or {}, "msg": msg, "success": success},
                         status_code=status, headers=headers)
-
-
-def _not_enabled() -> JSONResponse:
-    return JSONResponse({"detail": "Not Found"}, status_code=404)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -180,18 +170,18 @@ def resolve_source(value: str, root: Path) -> str:
 
 
 def _same_task(rec: JobRecord, duix: dict[str, Any]) -> bool:
-    prev = rec.params.get("duix")
+    prev = rec.meta.get("duix")
     return isinstance(prev, dict) and all(prev.get(k) == duix[k] for k in ("audio_url", "video_url", "pn"))
 
 
-def _resubmit_reply(rec: JobRecord | None, duix: dict[str, Any]) -> JSONResponse:
+def resubmit_reply(rec: JobRecord | None, duix: dict[str, Any]) -> JSONResponse:
     if rec is not None and _same_task(rec, duix):
         return reply(OK, True, OK)  # idempotent re-submit: the one task
     return reply(LOCK_ERROR, False,
                  f"任务{duix['code']}已存在: code {duix['code']!r} is already used by a task with other inputs")
 
 
-def _remove_staging(staging: Path | None) -> None:
+def remove_staging(staging: Path | None) -> None:
     """Drop a failed submission's downloads; the job directory too if nothing else is in it."""
     if staging is None:
         return
@@ -201,91 +191,6 @@ def _remove_staging(staging: Path | None) -> None:
             d.rmdir()
         except OSError:  # not empty: another submission of this code uses it
             break
-
-
-# ---------------------------------------------------------------------------------------- submit
-
-async def submit(srv: "IngressServer", request: Request) -> JSONResponse:
-    if not srv.args.duix.enabled:
-        return _not_enabled()
-    try:
-        body = parse_body(await request.body())
-    except ValueError as exc:
-        return reply(MISSING_PARAM, False, f"请求体无法解析: {exc}")
-    values: dict[str, str] = {}
-    for name in REQUIRED:
-        v = body.get(name)
-        v = "" if v is None else str(v).strip()
-        if not v:
-            return reply(MISSING_PARAM, False, f"{name}参数缺失")
-        values[name] = v
-    code = values["code"]
-    if not CODE_RE.fullmatch(code):
-        return reply(MISSING_PARAM, False,
-                     f"code参数非法: {code!r} must be 1-128 characters of A-Z a-z 0-9 _ . - "
-                     "starting with a letter or digit")
-    duix = {"code": code, "audio_url": values["audio_url"], "video_url": values["video_url"],
-            "pn": int(pingpong(body.get("pn"))), **{k: flag(body.get(k)) for k in FLAGS}}
-
-    existing = await srv._db(srv.store.get, code)
-    if existing is not None:
-        return _resubmit_reply(existing, duix)
-    full = await srv._queue_full()
-    if full is not None:
-        return reply(SYSTEM_ERROR, False, f"队列已满: {full}", status=429,
-                     headers={"Retry-After": str(srv.args.jobs.retry_after_s)})
-
-    staging: Path | None = None
-    try:
-        root = data_dir(srv.args)
-        display = {"audio": duix["audio_url"], "video": duix["video_url"]}
-        paths: dict[str, Path] = {}
-        for field in ("audio", "video"):
-            source = resolve_source(display[field], root)
-            if source.lower().startswith(("http://", "https://")):
-                if staging is None:
-                    staging = srv.storage.inputs_dir(code) / f"duix-{uuid.uuid4().hex}"
-                    staging.mkdir(parents=True)
-                paths[field] = await srv._fetch(source, staging, field)
-            elif os.path.isfile(source):
-                paths[field] = Path(source).resolve()
-            else:
-                raise UnreadableFileError(f"no such file on the server (looked for {source})",
-                                          path=display[field])
-        await srv._io(srv._validate_media, paths["audio"], paths["video"], display)
-        params = {"audio_path": str(paths["audio"]), "video_path": str(paths["video"]),
-                  "pingpong": bool(duix["pn"]), "box": None, "backend": srv.args.generator.backend,
-                  "inputs": display, "avatar_id": None, "duix": duix}
-        await srv._enqueue(params, priority=0, job_id=code)
-    except DuplicateJobError:  # a concurrent submit of the same code won the race
-        _remove_staging(staging)
-        return _resubmit_reply(await srv._db(srv.store.get, code), duix)
-    except InputError as err:
-        _remove_staging(staging)
-        if srv.metrics:
-            srv.metrics.rejected.inc(tags={"reason": err.code.value})
-        return reply(MISSING_PARAM, False, err.message)
-    except LipserveError as err:
-        _remove_staging(staging)
-        return reply(SYSTEM_ERROR, False, f"系统异常: {err.message}")
-    except Exception as exc:  # noqa: BLE001 - the original's catch-all reply
-        _remove_staging(staging)
-        log.exception("duix submit %s failed", code)
-        return reply(SYSTEM_ERROR, False, f"系统异常: {type(exc).__name__}: {exc}")
-    log.info("duix task %s queued (audio %s, video %s, pn %s)", code, duix["audio_url"], duix["video_url"],
-             duix["pn"])
-    return reply(OK, True, OK)
-
-
-# ---------------------------------------------------------------------------------------- query
-
-def _stage_text(rec: JobRecord) -> str:
-    if rec.status == "queued":
-        if rec.error:  # waiting for a retry after a failed attempt
-            return f"重试排队中 (queued for retry after: {normalize_error(rec.error)['message']})"
-        return "排队中 (queued)"
-    stage = rec.stage or "queued"
-    return f"{_STAGE_TEXT.get(stage, '处理中')} ({stage})"
 
 
 def _needs_publishing(dest: Path, rec: JobRecord) -> bool:
@@ -308,15 +213,7 @@ def publish_result(rec: JobRecord, temp: Path) -> dict[str, Any]:
     if _needs_publishing(dest, rec):
         if not rec.result_path or not os.path.isfile(rec.result_path):
             raise FileNotFoundError(f"the result of task {rec.id} is no longer on the server")
-        tmp = temp / f".{rec.id}-r.{uuid.uuid4().hex}.partial"
-        try:
-            try:
-                os.link(rec.result_path, tmp)  # same file system: no copy
-            except OSError:
-                shutil.copyfile(rec.result_path, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        publish_link(rec.result_path, dest)  # a hard link when it can, renamed into place
     with av.open(str(dest)) as c:
         v = c.streams.video[0]
         if c.duration is not None:
@@ -327,44 +224,3 @@ def publish_result(rec: JobRecord, temp: Path) -> dict[str, Any]:
             duration = 0.0
         return {"video_duration": round(float(duration), 3), "width": v.codec_context.width,
                 "height": v.codec_context.height}
-
-
-def _forget(srv: "IngressServer", rec: JobRecord) -> None:
-    """``delete_after_report``: drop the record and lipserve's copy of the result."""
-    srv.store.delete(rec.id)
-    if rec.result_path:
-        Path(rec.result_path).unlink(missing_ok=True)
-    srv.storage.remove_job_work(rec.id)
-
-
-async def query(srv: "IngressServer", code: str | None) -> JSONResponse:
-    if not srv.args.duix.enabled:
-        return _not_enabled()
-    code = (code or "").strip()
-    if not code:
-        return reply(MISSING_PARAM, False, "code参数缺失")
-    rec = await srv._db(srv.store.get, code)
-    if rec is None:
-        return reply(NOT_FOUND, True, "任务不存在")
-    if rec.status in ACTIVE:
-        progress = min(99, max(0, int(rec.progress * 100)))
-        return reply(OK, True, "", {"code": code, "status": PENDING, "progress": progress, "result": "",
-                                    "msg": _stage_text(rec)})
-    if rec.status == SUCCEEDED:
-        try:
-            info = await asyncio.to_thread(publish_result, rec, temp_dir(srv.args))
-        except Exception as exc:  # noqa: BLE001 - reported to the client as a failed task
-            log.warning("duix task %s: cannot publish its result: %s", code, exc)
-            data = {"code": code, "status": ERROR, "progress": 0, "result": "",
-                    "msg": f"结果不可用: {type(exc).__name__}: {exc}"}
-        else:
-            start = rec.started_at if rec.started_at is not None else rec.created_at
-            cost = round(max(0.0, (rec.finished_at or rec.updated_at) - start), 3)
-            data = {"code": code, "status": DONE, "progress": 100, "result": f"/{code}-r.mp4",
-                    "msg": "任务完成", "cost": cost, **info}
-    else:  # failed or cancelled
-        err = normalize_error(rec.error) or {"message": f"task {rec.status}"}
-        data = {"code": code, "status": ERROR, "progress": 0, "result": "", "msg": err["message"]}
-    if srv.args.duix.delete_after_report:
-        await asyncio.to_thread(_forget, srv, rec)
-    return reply(OK, True, "", data)

@@ -1,0 +1,31 @@
+"""The FastAPI app of the ingress: every surface's routes, the error handlers, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import FastAPI
+
+from serve_app.api.duix.routes import router as duix_router
+from serve_app.api.errors import install_error_handlers
+from serve_app.api.routes.avatars import router as avatars_router
+from serve_app.api.routes.health import router as health_router
+from serve_app.api.routes.jobs import router as jobs_router
+from serve_app.api.services import ApiServices
+
+
+def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
+    """``get_services`` returns the serving replica's ``ApiServices`` at request time (the app is built
+    before the replica's constructor runs)."""
+    api = FastAPI(
+        title="lipserve",
+        version="0.2.0",
+        description="Lip-synced talking-head videos from an audio track and a template video, as durable jobs.",
+    )
+    api.state.get_services = get_services
+    install_error_handlers(api)
+    api.include_router(jobs_router)
+    api.include_router(avatars_router)
+    api.include_router(health_router)
+    api.include_router(duix_router)
+    return api

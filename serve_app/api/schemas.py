@@ -1,0 +1,83 @@
+"""The API contract: every request and response body of the native API, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.errors import ErrorCode
+from serve_app.jobs.records import Attempt, ErrorInfo, JobParams, JobStatus
+
+
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    message: str = Field(min_length=1, description="names the client's file or the request part, and the reason")
+    retryable: bool = Field(description="whether the same request may succeed later")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx answer of the native API."""
+
+    error: ErrorBody
+
+
+class JobSubmission(BaseModel):
+    """JSON submission: server-side paths or http(s) URLs; ``avatar_id`` instead of a video."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str = Field(min_length=1, max_length=4096, description="server-side path or http(s) URL of the speech audio")
+    video: str | None = Field(None, max_length=4096, description="server-side path or http(s) URL of the template video")
+    avatar_id: str | None = Field(None, max_length=64, description="a template registered with POST /v1/avatars")
+    backend: str | None = Field(None, max_length=64)
+    pingpong: bool = True
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    box: list[int] | None = Field(None, min_length=4, max_length=4, description="face box x1 y1 x2 y2")
+
+
+class JobView(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    status: JobStatus
+    priority: int
+    params: JobParams | None = None
+    meta: dict[str, Any] = {}
+    progress: float = Field(ge=0, le=1)
+    stage: str | None = None
+    timings: dict[str, float] = {}
+    attempts: list[Attempt] = []
+    failed_attempts: int = 0
+    error: ErrorInfo | None = None
+    result_path: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    next_attempt_at: float = 0.0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
+class AvatarView(BaseModel):
+    avatar_id: str
+    width: int
+    height: int
+    fps: float
+    frames: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    pipeline_replicas: int | None = None
+    reason: str | None = None
+    pipeline: dict[str, Any] | None = None
