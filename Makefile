@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install test demo serve bench clean
+.PHONY: install test test-unit test-service demo serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# Plain classes, no Ray cluster: about a minute.
+test-unit: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+test-service: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests/service
 
 demo: install
 	$(VENV)/bin/lipserve demo

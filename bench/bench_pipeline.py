@@ -121,7 +121,7 @@ def prepare_main(argv: list[str]) -> int:
         else:
             configs.append({"label": "wav2lip-torch", "backend": "wav2lip", "checkpoint": ckpt})
             if a.onnx:
-                from actors.models.wav2lip import export_onnx
+                from actors.models.wav2lip_export import export_onnx
 
                 t0 = time.perf_counter()
                 onnx_path = str(export_onnx(ckpt, work / "wav2lip.onnx"))

@@ -9,7 +9,7 @@ import numpy as np
 
 from actors.errors import InvalidParameterError
 from actors.generators.mel import mel_features
-from actors.models.wav2lip import load_wav2lip
+from actors.models.wav2lip_runtime import load_wav2lip
 
 CROP_SIZE = 96
 

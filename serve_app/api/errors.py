@@ -64,8 +64,10 @@ def error_response(err: LipserveError, headers: dict[str, str] | None = None) ->
 
 
 def responses(*statuses: int) -> dict[int | str, dict]:
-    """OpenAPI ``responses=`` for a route: each listed status answers an ``ErrorResponse``."""
-    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")} for s in statuses}
+    """OpenAPI ``responses=`` for a route: each listed status answers an ``ErrorResponse``. 422 is
+    always listed: it replaces FastAPI's own validation schema, which is not what the API answers."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")}
+            for s in sorted({*statuses, 422, 500})}
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -62,7 +62,7 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_export_onnx(args) -> int:
-    from actors.models.wav2lip import export_onnx
+    from actors.models.wav2lip_export import export_onnx
 
     export_onnx(args.checkpoint, args.out)
     print(f"wrote {args.out}")

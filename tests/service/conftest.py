@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Fixtures of the service tests: every test here runs against a real Ray cluster."""
 
 from __future__ import annotations
 
@@ -13,3 +13,9 @@ def cluster():
     port = start_cluster()
     yield port
     stop_cluster()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/service/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.service)

@@ -9,7 +9,9 @@ import torch
 from actors.errors import ModelLoadError
 from actors.generators.base import Generator
 from actors.generators.wav2lip import Wav2LipGenerator, build_face_input
-from actors.models.wav2lip import Wav2Lip, export_onnx, load_wav2lip, save_random_checkpoint
+from actors.models.wav2lip import Wav2Lip, save_random_checkpoint
+from actors.models.wav2lip_export import export_onnx
+from actors.models.wav2lip_runtime import load_wav2lip
 
 # ---------------------------------------------------------------------------------------------------
 # The public generator's layout, transcribed from Rudrabha/Wav2Lip models/wav2lip.py (conv blocks as
