@@ -126,3 +126,16 @@ def test_box_approximation_and_non_square_lanczos_crop():
     x1, y1, x2, y2 = box
     np.testing.assert_array_equal(c, cv2.resize(frame[y1:y2, x1:x2], (256, 256), interpolation=cv2.INTER_LANCZOS4))
     assert crop.resize_to_box(c, box).shape == (y2 - y1, x2 - x1, 3)
+
+
+def test_half_precision_path_runs_and_stays_close(models_dir, gen, faces, features):
+    import torch
+
+    half = MuseTalkGenerator(models_dir, dtype="fp16")
+    assert next(half.models.unet.parameters()).dtype == torch.float16
+    assert next(half.models.audio.encoder.parameters()).dtype == torch.float16
+    feats16 = half.prepare_audio(np.zeros(16000, np.float32), Fraction(25), 3)
+    assert feats16.dtype == np.float32 and np.isfinite(feats16).all()
+    out = half.generate(faces[:2], features[:2])
+    ref = gen.generate(faces[:2], features[:2])
+    assert out.dtype == np.uint8 and np.abs(out.astype(int) - ref).mean() < 4
