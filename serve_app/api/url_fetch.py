@@ -36,7 +36,6 @@ log = logging.getLogger("lipserve.url_fetch")
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _NO_ANSWER = "no usable answer from the server (the connection failed, was refused or timed out)"
-_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ class SafeHttp:
             raise MediaTooLargeError(f"download is {declared} bytes, over the limit of {limits.max_bytes}", path=url)
         started = time.monotonic()
         size = 0
-        chunks = resp.aiter_raw(_CHUNK).__aiter__()
+        chunks = resp.aiter_raw().__aiter__()  # no chunk_size: httpx would buffer up to it
         with open(part, "wb") as f:
             while True:
                 # Wait no longer than the moment the average rate would drop below the minimum.
