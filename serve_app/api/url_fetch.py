@@ -74,14 +74,12 @@ class SafeHttp:
         ``UnreadableFileError``, each naming ``url``."""
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
-        deadline = time.monotonic() + limits.deadline_s
         progress = _Progress()
         try:
-            async with asyncio.timeout_at(_loop_time_at(deadline)):
-                result = await self._download(url, part, limits, progress)
+            result = await asyncio.wait_for(self._download(url, part, limits, progress), timeout=limits.deadline_s)
             os.replace(part, dest)
             return FetchResult(dest, result[0], result[1], result[2])
-        except TimeoutError as exc:
+        except asyncio.TimeoutError as exc:
             if not progress.answered:  # still connecting: same wording as a refused connection
                 raise UnreadableFileError(_NO_ANSWER, path=url) from exc
             raise UnreadableFileError(f"download did not finish within {limits.deadline_s:g} s", path=url) from exc
@@ -93,16 +91,19 @@ class SafeHttp:
         HTTP status. Raises ``InvalidParameterError`` for a refused URL and ``UnreadableFileError``
         when no answer came within ``timeout_s``."""
         target = parse_target(url)
+
+        async def attempt() -> int:
+            ip = await vet_target(target, self.policy, self.resolver)
+            async with self._client(min(timeout_s, 10.0)) as client:
+                resp = await self._send(client, "POST", target, ip, headers, body, url)
+                try:
+                    return resp.status_code  # the receiver's body is never read
+                finally:
+                    await resp.aclose()
+
         try:
-            async with asyncio.timeout(timeout_s):
-                ip = await vet_target(target, self.policy, self.resolver)
-                async with self._client(min(timeout_s, 10.0)) as client:
-                    resp = await self._send(client, "POST", target, ip, headers, body, url)
-                    try:
-                        return resp.status_code  # the receiver's body is never read
-                    finally:
-                        await resp.aclose()
-        except TimeoutError as exc:
+            return await asyncio.wait_for(attempt(), timeout=timeout_s)
+        except asyncio.TimeoutError as exc:
             raise UnreadableFileError(_NO_ANSWER, path=url) from exc
 
     # ------------------------------------------------------------------ internals
@@ -151,7 +152,7 @@ class SafeHttp:
                     chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
                 except StopAsyncIteration:
                     break
-                except TimeoutError as exc:
+                except asyncio.TimeoutError as exc:
                     raise UnreadableFileError(
                         f"download is slower than the minimum of {limits.min_rate_bytes_s:g} bytes/s", path=url) from exc
                 except httpx.HTTPError as exc:
@@ -192,9 +193,3 @@ class SafeHttp:
 @dataclass
 class _Progress:
     answered: bool = False  # the current hop's server has sent response headers
-
-
-def _loop_time_at(monotonic_deadline: float) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())
-
