@@ -78,6 +78,7 @@ class PostgresJobStore(TransactionalJobStore):
         self.url = url
         self.where = redact(url)
         self.retry_s = float(retry_s)
+        self.pool_wait_s = min(POOL_WAIT_S, self.retry_s)
         self._on_retry = on_retry
         self._closed = threading.Event()
         self._listen_lock = threading.Lock()
@@ -123,7 +124,7 @@ class PostgresJobStore(TransactionalJobStore):
                 delay, attempt = min(delay * 2, _BACKOFF_MAX_S), attempt + 1
 
     def _with_conn(self, fn: Callable[[psycopg.Connection], Any]) -> Any:
-        with self._pool.connection(timeout=POOL_WAIT_S) as conn:
+        with self._pool.connection(timeout=self.pool_wait_s) as conn:
             return fn(conn)
 
     def _query(self, what: str, sql: str, params: Any = None) -> list[tuple]:
@@ -142,7 +143,7 @@ class PostgresJobStore(TransactionalJobStore):
     @contextmanager
     def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False):
         lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
-        with self._pool.connection(timeout=POOL_WAIT_S) as conn, conn.transaction():
+        with self._pool.connection(timeout=self.pool_wait_s) as conn, conn.transaction():
             row = conn.execute(f"{_SELECT} WHERE id = %s {lock}", (job_id,)).fetchone()
             if now is not None:
                 t = float(now)
