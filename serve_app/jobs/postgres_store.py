@@ -73,12 +73,12 @@ class PostgresJobStore(TransactionalJobStore):
     """Thread-safe; any number of processes and clusters may share one database."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, retry_s: float = 30.0,
-                 migrations_dir: Path = MIGRATIONS_DIR,
+                 pool_wait_s: float = POOL_WAIT_S, migrations_dir: Path = MIGRATIONS_DIR,
                  on_retry: Callable[[BaseException], None] | None = None):
         self.url = url
         self.where = redact(url)
         self.retry_s = float(retry_s)
-        self.pool_wait_s = min(POOL_WAIT_S, self.retry_s)
+        self.pool_wait_s = min(float(pool_wait_s), self.retry_s)
         self._on_retry = on_retry
         self._closed = threading.Event()
         self._listen_lock = threading.Lock()

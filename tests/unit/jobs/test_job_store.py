@@ -287,3 +287,16 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     assert store.get(job.id).params.video_path == "/v.mp4"
     for rec in store.list():
         json.dumps(rec.to_api())
+
+
+def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
+    """SQLite: this process's own calls (an in-process event); PostgreSQL: NOTIFY from anyone."""
+    assert store.wait_for_work(0) is False  # nothing yet (on PostgreSQL: starts listening)
+    job = store.create(P())
+    assert store.wait_for_work(10) is True
+    assert store.wait_for_work(0.2) is False  # consumed
+    store.claim(job.id, "w", lease_s=60)
+    store.heartbeat(job.id, "w", lease_s=60, progress=0.5)
+    assert store.wait_for_work(0.2) is False  # claims and heartbeats are no work for others
+    assert store.release(job.id, "w")
+    assert store.wait_for_work(10) is True
