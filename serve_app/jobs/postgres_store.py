@@ -50,7 +50,7 @@ _UPDATE = "UPDATE jobs SET {} WHERE id = %(id)s".format(
     ", ".join(f"{c} = %({c})s" for c in COLUMNS if c != "id"))
 _INSERT = "INSERT INTO jobs ({}) VALUES ({})".format(", ".join(COLUMNS), ", ".join(f"%({c})s" for c in COLUMNS))
 # Claimable now: queued and due, or running under an expired lease (as in transitions.claimable).
-_CLAIMABLE = f"""
+_CLAIMABLE = """
 SELECT id FROM jobs, (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS clock
 WHERE status IN ('queued', 'running')
   AND ((status = 'queued' AND next_attempt_at <= clock.t)

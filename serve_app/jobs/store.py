@@ -76,7 +76,8 @@ class TransactionalJobStore(abc.ABC):
 
     # -- backend hooks ----------------------------------------------------------------------
     @abc.abstractmethod
-    def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False) -> AbstractContextManager[tuple[JobRecord | None, float, Callable[[JobRecord], None]]]:
+    def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False
+                     ) -> AbstractContextManager[tuple[JobRecord | None, float, Callable[[JobRecord], None]]]:
         """Lock the job's row; yields ``(record or None, t, write)``; ``write(rec)`` stores it.
         ``skip_locked`` (claims): a row another transaction holds yields None at once instead of
         waiting; a backend that serialises all writers anyway may ignore it."""
