@@ -454,4 +454,7 @@ def build_api() -> FastAPI:
     async def readyz(srv: IngressServer = S):
         return await srv.readyz()
 
+    from serve_app.api.studio import mount_studio  # scratch wiring for the studio branch; the lead redoes it
+
+    mount_studio(api)
     return api

@@ -1,0 +1,1 @@
+"""The HTTP API package (FastAPI app, routes, the web studio)."""
