@@ -86,3 +86,37 @@ def unlabelled_controls(page: Page) -> list[str]:
                             && !(el.tagName === 'BUTTON' && el.textContent.trim()))
             .map((el) => el.outerHTML.slice(0, 80))"""
     )
+
+
+def low_contrast_texts(page: Page, minimum: float = 4.5) -> list[str]:
+    """Visible text whose WCAG contrast ratio against its (nearest opaque) background is under
+    ``minimum``, as 'ratio: text'. Disabled controls and video overlays are not text to read."""
+    return page.evaluate(
+        """(minimum) => {
+          const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+          const lum = ([r, g, b]) => {
+            const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+            return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+          };
+          const background = (el) => {
+            for (; el; el = el.parentElement) {
+              const c = rgb(getComputedStyle(el).backgroundColor);
+              if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) return c.slice(0, 3);
+            }
+            return [255, 255, 255];
+          };
+          const out = [];
+          const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+          for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const el = node.parentElement;
+            if (!node.textContent.trim() || !el || el.offsetParent === null || el.closest('[disabled], video')) continue;
+            const style = getComputedStyle(el);
+            if (style.visibility === 'hidden' || el.closest('.visually-hidden')) continue;
+            const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(el))];
+            const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+            if (ratio < minimum) out.push(`${ratio.toFixed(2)}: ${node.textContent.trim().slice(0, 40)}`);
+          }
+          return out;
+        }""",
+        minimum,
+    )

@@ -82,7 +82,10 @@
    */
   async function playLive(video, url, { fetchFn, signal, onStatus = () => {}, nativeUrl = url }) {
     const first = await fetchFn(url, { signal });
-    if (!first.ok) throw Object.assign(new Error(`playlist answered HTTP ${first.status}`), { status: first.status });
+    if (!first.ok) {
+      const body = await first.text().catch(() => "");
+      throw Object.assign(new Error(`playlist answered HTTP ${first.status}`), { status: first.status, body });
+    }
     let playlist = parsePlaylist(await first.text(), first.url || url);
     const MS = mediaSourceClass();
     if (!(MS && playlist.init)) {

@@ -181,6 +181,8 @@
     video.play().catch(() => { video.muted = true; return video.play(); }).catch(() => {});
   }
 
+  /** The live HLS preview while the job runs. tracker.live: null (try again later), "starting",
+   * "playing", "failed" or "unsupported" (this deployment has no HLS route). */
   async function tryLivePreview(job, tracker) {
     if (tracker.live || !window.LipserveHls || TERMINAL.has(job.status)) return;
     const now = performance.now();
@@ -190,6 +192,7 @@
     const path = `v1/jobs/${job.id}/hls/index.m3u8`;
     const key = apiKey();
     tracker.live = "starting";
+    video.addEventListener("livestart", () => { tracker.live = "playing"; }, { once: true, signal: tracker.abort.signal });
     try {
       const mode = await window.LipserveHls.playLive(video, path, {
         fetchFn: (url, init) => api(url, init),
@@ -197,12 +200,17 @@
         nativeUrl: key ? `${path}?access_token=${encodeURIComponent(key)}` : path,
         onStatus: (s) => { if (!tracker.done) $("player-caption").textContent = s; },
       });
-      tracker.live = mode;
-      if (mode === "native") startPlaybackWhenReady(video);
+      if (mode === "native") { tracker.live = "playing"; startPlaybackWhenReady(video); }
     } catch (exc) {
-      // 404/409 while no segment exists yet: try again on a later event. Anything else: say so once.
-      tracker.live = exc.status === 404 || exc.status === 409 ? null : "failed";
-      if (tracker.live === "failed" && !tracker.done) $("player-caption").textContent = `Live preview unavailable: ${exc.message}`;
+      if (tracker.abort.signal.aborted) return; // the result replaced the preview
+      if (exc.status === 404 && /"detail"\s*:\s*"Not Found"/.test(exc.body || "")) {
+        tracker.live = "unsupported"; // the route itself is missing: the MP4 comes at the end
+      } else if (exc.status === 404 || exc.status === 409) {
+        tracker.live = null; // no segment yet: try again on a later progress event
+      } else {
+        tracker.live = "failed";
+        if (!tracker.done) $("player-caption").textContent = `Live preview unavailable: ${exc.message}`;
+      }
     }
   }
 
@@ -212,8 +220,9 @@
     if (!resp.ok) { showError($("job-error"), await errorText(resp)); return; }
     const blob = await resp.blob();
     const url = URL.createObjectURL(blob);
-    const position = tracker.live ? video.currentTime : 0;
-    const wasPlaying = tracker.live && !video.paused;
+    const wasLive = tracker.live === "playing";
+    const position = wasLive ? video.currentTime : 0;
+    const wasPlaying = wasLive && !video.paused;
     tracker.abort.abort(); // stop the live reader before swapping sources
     video.src = url;
     video.addEventListener("loadedmetadata", () => {
