@@ -92,7 +92,9 @@ def test_page_is_labelled_and_keyboard_usable(page: Page):
     expect(page.locator("#video")).to_be_hidden()
     # The API key stays in this tab's session storage.
     page.fill("#api-key", "k-123")
-    page.press("#api-key", "Enter")
+    with page.expect_request(lambda r: "/v1/jobs" in r.url) as listing:
+        page.press("#api-key", "Enter")
+    assert listing.value.headers.get("authorization") == "Bearer k-123"
     assert page.evaluate("sessionStorage.getItem('lipserve.apiKey')") == "k-123"
 
 
@@ -117,6 +119,11 @@ def test_bad_audio_shows_the_file_and_the_reason(page: Page, tmp_path):
 
 
 def test_demo_job_live_progress_playback_and_download(page: Page, tmp_path):
+    # With a key set, every API call carries it, the SSE stream and the result download included.
+    page.fill("#api-key", "studio-key")
+    page.press("#api-key", "Enter")
+    api_calls = []
+    page.on("request", lambda r: "/v1/" in r.url and api_calls.append((r.url, r.headers.get("authorization"))))
     page.set_input_files("#audio", str(DEMO_AUDIO))
     page.set_input_files("#video", str(DEMO_VIDEO))
     page.click("#submit")
@@ -145,6 +152,9 @@ def test_demo_job_live_progress_playback_and_download(page: Page, tmp_path):
     saved = tmp_path / dl.value.suggested_filename
     dl.value.save_as(saved)
     assert saved.suffix == ".mp4" and saved.read_bytes()[4:8] == b"ftyp"
+
+    assert {u.split("/v1/")[1].split("/")[-1] for u, _ in api_calls} >= {"jobs", "events", "result"}, api_calls
+    assert all(h == "Bearer studio-key" for _, h in api_calls), api_calls
 
     row = page.locator("#jobs-body tr").first
     expect(row).to_have_attribute("data-status", "succeeded")

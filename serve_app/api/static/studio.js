@@ -1,66 +1,14 @@
 /* lipserve studio: submit a job, follow it live, play and download the result, manage avatars.
- * Plain browser JavaScript, no build step. Every request goes through api() so that the API key
- * (session storage) is sent as a Bearer token; the SSE stream is read with fetch() for the same
- * reason (EventSource cannot send headers). URLs are relative so the page works under a prefix.
+ * Plain browser JavaScript, no build step. Requests go through LipserveApi (api_client.js, which
+ * adds the API key); the live preview is LipserveHls (hls_player.js). URLs are relative so the
+ * page works under a route prefix that ends in "/".
  */
 (function () {
   "use strict";
 
-  const KEY_STORAGE = "lipserve.apiKey";
+  const { api, apiKey, setApiKey, errorText, readEvents } = window.LipserveApi;
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
   const $ = (id) => document.getElementById(id);
-
-  // ------------------------------------------------------------------ HTTP
-  function apiKey() {
-    return sessionStorage.getItem(KEY_STORAGE) || "";
-  }
-
-  function authorised(init = {}) {
-    const headers = new Headers(init.headers || {});
-    const key = apiKey();
-    if (key) headers.set("Authorization", `Bearer ${key}`);
-    return { ...init, headers };
-  }
-
-  function api(path, init) {
-    return fetch(path, authorised(init));
-  }
-
-  /** The message a user should read for a failed response: the API's typed error when there is one. */
-  async function errorText(resp) {
-    let body = null;
-    try { body = await resp.json(); } catch (_) { /* not JSON */ }
-    const err = body && (body.error || body.detail);
-    if (err && typeof err === "object" && err.message) return `${err.message} (${err.code || resp.status})`;
-    if (typeof err === "string") return `${err} (HTTP ${resp.status})`;
-    if (resp.status === 401 || resp.status === 403) return `The API key was refused (HTTP ${resp.status}).`;
-    return `The service answered HTTP ${resp.status} ${resp.statusText}`.trim();
-  }
-
-  /** Read a Server-Sent Events stream with fetch; calls onEvent(type, data) per event. */
-  async function readEvents(path, onEvent, signal) {
-    const resp = await api(path, { signal, headers: { Accept: "text/event-stream" } });
-    if (!resp.ok) throw new Error(await errorText(resp));
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffered += value;
-      let end;
-      while ((end = buffered.search(/\r?\n\r?\n/)) >= 0) {
-        const block = buffered.slice(0, end);
-        buffered = buffered.slice(end).replace(/^\r?\n\r?\n/, "");
-        let type = "message";
-        const data = [];
-        for (const line of block.split(/\r?\n/)) {
-          if (line.startsWith("event:")) type = line.slice(6).trim();
-          else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
-        }
-        if (data.length) onEvent(type, JSON.parse(data.join("\n")));
-      }
-    }
-  }
 
   // ------------------------------------------------------------------ formatting
   function seconds(s) {
@@ -131,7 +79,7 @@
     } catch (_) { /* listing not served: registered ids still appear after registering */ }
     const known = new Set(avatars.map((a) => a.avatar_id));
     for (const opt of select.options) {
-      if (!known.has(opt.value)) avatars.push({ avatar_id: opt.value, label: opt.textContent });
+      if (opt.value && !known.has(opt.value)) avatars.push({ avatar_id: opt.value, label: opt.textContent });
     }
     const label = (a) => a.label || (a.name ? `${a.name} (${a.avatar_id.slice(0, 8)})` : a.avatar_id) +
       (a.width ? ` ${a.width}×${a.height}` : "");
@@ -409,7 +357,16 @@
         const resp = await api("v1/jobs?limit=20");
         if (!resp.ok) { $("jobs-empty").textContent = await errorText(resp); $("jobs-empty").hidden = false; return; }
         const jobs = (await resp.json()).jobs || [];
+        // Re-rendering must not steal keyboard focus from a button in the list.
+        const focused = document.activeElement && document.activeElement.closest("#jobs-body tr");
+        const refocus = focused && [focused.dataset.jobId, document.activeElement.textContent];
         $("jobs-body").replaceChildren(...jobs.map(jobRow));
+        if (refocus) {
+          const row = $("jobs-body").querySelector(`tr[data-job-id="${refocus[0]}"]`);
+          const button = row && ([...row.querySelectorAll("button")].find((b) => b.textContent === refocus[1])
+                                 || row.querySelector("button"));
+          if (button) button.focus();
+        }
         $("jobs-table").hidden = !jobs.length;
         $("jobs-empty").textContent = "No jobs yet.";
         $("jobs-empty").hidden = Boolean(jobs.length);
@@ -427,9 +384,7 @@
     $("api-key").value = apiKey();
     $("key-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      const key = $("api-key").value.trim();
-      if (key) sessionStorage.setItem(KEY_STORAGE, key);
-      else sessionStorage.removeItem(KEY_STORAGE);
+      setApiKey($("api-key").value.trim());
       loadAll();
     });
     for (const r of document.querySelectorAll('input[name="template-source"]')) r.addEventListener("change", syncSource);
