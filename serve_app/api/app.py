@@ -12,6 +12,7 @@ from serve_app.api.routes.avatars import router as avatars_router
 from serve_app.api.routes.health import router as health_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
+from serve_app.api.studio import mount_studio
 
 
 def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
@@ -28,4 +29,5 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     api.include_router(avatars_router)
     api.include_router(health_router)
     api.include_router(duix_router)
+    mount_studio(api)  # the web studio at / (static files, no build step)
     return api
