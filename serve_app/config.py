@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.limits import MediaLimits
 
@@ -120,10 +120,14 @@ class LipserveArgs(_Strict):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     storage_dir: str = "var/lipserve"
-    database_url: str | None = None  # default: sqlite file under storage_dir
-    # Who opens the SQLite file: "local" = every replica (one machine only: SQLite locking does not
-    # work across machines); "actor" = one detached store actor on the head node (multi-node).
-    job_store: Literal["local", "actor"] = "local"
+    # Where job state lives. "local" = every replica opens the SQLite file (one machine only: SQLite
+    # locking does not work across machines); "actor" = one detached store actor on the head node
+    # owns it; "postgres" = a PostgreSQL database every replica connects to (clusters, blue/green).
+    job_store: Literal["local", "actor", "postgres"] = "local"
+    # local/actor: the SQLite file (default: jobs.sqlite3 under storage_dir). postgres: a
+    # postgresql:// URL; leave it out to take it from LIPSERVE_DATABASE_URL (a Secret on k8s) in
+    # each replica's environment. postgres never falls back to an SQLite file.
+    database_url: str | None = None
     # ONNX face detector (SCRFD-style [N,5] output, or YuNet); None = embedded Haar cascade.
     detector_model: str | None = None
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
@@ -145,8 +149,23 @@ class LipserveArgs(_Strict):
         v = os.path.expanduser(v)
         return v if os.path.isabs(v) else os.path.join(PROJECT_ROOT, v)
 
+    @model_validator(mode="after")
+    def _store_matches_url(self) -> "LipserveArgs":
+        # A URL for the wrong backend is a configuration mistake, caught when the config is loaded
+        # (the environment variable is only read where the store is opened, in each replica).
+        is_pg = (self.database_url or "").startswith(("postgresql://", "postgres://"))
+        if self.job_store == "postgres" and self.database_url and not is_pg:
+            raise ValueError("job_store: postgres needs a postgresql:// database_url (or none, to use "
+                             "LIPSERVE_DATABASE_URL), not an SQLite path")
+        if self.job_store != "postgres" and is_pg:
+            raise ValueError(f"database_url is a PostgreSQL URL but job_store is {self.job_store!r}: "
+                             "set job_store: postgres")
+        return self
+
     @property
     def database_path(self) -> str:
+        """The SQLite file of ``job_store: local`` / ``actor`` (``backends.open_job_store`` opens
+        the configured store, whichever it is)."""
         return self.database_url or os.path.join(self.storage_dir, "jobs.sqlite3")
 
     @property

@@ -26,6 +26,7 @@ from serve_app.jobs.storage import Storage
 log = logging.getLogger("lipserve.ingress")
 
 DEPLOYMENT_NAME = "Ingress"
+WAKE_WAIT_S = 5.0  # one wait_for_work call; the dispatcher calls it again and again
 
 
 def deployment_options(args: LipserveArgs) -> dict[str, Any]:
@@ -43,10 +44,13 @@ class IngressServer:
     def __init__(self, args: LipserveArgs | dict, pipeline):
         self.args = LipserveArgs.from_any(args)
         self.pipeline = pipeline
-        store = AsyncJobStore(open_job_store(self.args.job_store, self.args.database_path), workers=16,
+        store = AsyncJobStore(open_job_store(self.args), workers=16,
                               name="lipserve-db")
+        # Woken by the store when a job is queued anywhere (with PostgreSQL: by any replica of any
+        # cluster on the database, via NOTIFY), besides this replica's own nudges and the poll.
         self.dispatcher = JobDispatcher(self._claimable, self._run_on_pipeline, limit=self.args.dispatch_limit,
-                                        poll_s=min(1.0, self.args.jobs.lease_s / 3))
+                                        poll_s=min(1.0, self.args.jobs.lease_s / 3),
+                                        wake=lambda: store.wait_for_work(WAKE_WAIT_S))
         try:
             from serve_app.metrics import IngressMetrics
 

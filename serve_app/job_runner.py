@@ -95,6 +95,15 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
 
+    async def _succeeded_here(self, job_id: str, result_path: str) -> bool:
+        """Whether the record says this attempt succeeded. ``succeed`` answers False when the job is
+        no longer ours, but also when a database connection broke after its COMMIT went through
+        (PostgreSQL: the retried transaction finds the job already succeeded, by us). The record
+        tells the two apart: our attempt, closed without an error, and our result."""
+        rec = await self.store.get(job_id)
+        return (rec is not None and rec.status == JobStatus.SUCCEEDED and rec.result_path == result_path
+                and bool(rec.attempts) and rec.attempts[-1].owner == self.owner and rec.attempts[-1].error is None)
+
     def _request(self, job: JobRecord) -> RenderRequest:
         p = job.params
         result = str(self.storage.result_path(job.id))
@@ -118,7 +127,7 @@ class JobRunner:
                 self.metrics.frames_generated(result.plan.n_out)
             final = str(self.storage.result_path(job.id))
             os.replace(result.out_path, final)
-            if not await self.store.succeed(job.id, self.owner, final):
+            if not await self.store.succeed(job.id, self.owner, final) and not await self._succeeded_here(job.id, final):
                 raise CancelledError("job was cancelled or taken over before it could be marked done")
             await asyncio.to_thread(self.storage.remove_job_work, job.id)  # inputs, segments; result stays
             if self.metrics:

@@ -62,7 +62,7 @@ class PipelineServer:
         t_start = time.perf_counter()
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
-        self.store = AsyncJobStore(open_job_store(self.args.job_store, self.args.database_path))
+        self.store = AsyncJobStore(open_job_store(self.args))
         self.owner = f"pipeline@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.actors = create_actors(self.args, str(self.storage.avatar_cache_dir))
         self.warmup_info: dict = {"skipped": True}

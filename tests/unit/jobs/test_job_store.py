@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from serve_app.jobs.backends import open_job_store
+from serve_app.jobs.backends import open_store
 from serve_app.jobs.records import TERMINAL, JobParams, JobRecord
 from serve_app.jobs.sqlite_store import SqliteJobStore
 from serve_app.jobs.store import DuplicateJobError
@@ -75,7 +75,7 @@ def test_claimable_priority_order_and_due_time(store):
 
 
 def _claim_worker(kind: str, database: str, owner: str, barrier, out) -> None:
-    s = open_job_store(kind, database)
+    s = open_store(kind, database)
     barrier.wait()
     mine = []
     for _ in range(3):
