@@ -63,7 +63,9 @@ class PipelineServer:
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
         self.store = AsyncJobStore(open_job_store(self.args))
-        self.owner = f"pipeline@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.node_id = ray.get_runtime_context().get_node_id()
+        # Recorded on every attempt: which host, Ray node and process ran it.
+        self.owner = f"pipeline@{socket.gethostname()}:{self.node_id[:12]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.actors = create_actors(self.args, str(self.storage.avatar_cache_dir))
         self.warmup_info: dict = {"skipped": True}
         if self.args.warmup:
@@ -97,14 +99,15 @@ class PipelineServer:
         return {"id": job_id, "claimed": True, "status": rec.status if rec else "unknown"}
 
     async def ready(self) -> dict:
-        return {"owner": self.owner, "warmup": self.warmup_info}
+        return {"owner": self.owner, "node_id": self.node_id, "warmup": self.warmup_info}
 
     async def actor_pids(self) -> dict:
         """For operators and the chaos tests: which processes this replica's actors run in."""
         gen = await self.actors.generator.info.remote()
         writers = await asyncio.gather(*[w.ping.remote() for w in self.actors.writers])
         return {"replica_pid": os.getpid(), "generator": gen["pid"], "writers": list(writers),
-                "replica_actor": ray.get_runtime_context().get_actor_name()}
+                "replica_actor": ray.get_runtime_context().get_actor_name(),
+                "node_id": self.node_id, "generator_node_id": gen["node_id"]}
 
     async def check_health(self) -> None:
         # Async, so it runs on the event loop without blocking behind jobs; actors must answer.

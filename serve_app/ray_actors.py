@@ -46,7 +46,8 @@ class GeneratorActor:
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
         # Its own concurrency group: answers health checks while a long forward pass runs.
-        return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size}
+        return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         """The backend's per-frame audio features for the whole track (e.g. whisper on the GPU)."""
