@@ -26,6 +26,7 @@ LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu.yaml"
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
 STORAGE = ROOT / "k8s" / "storage.yaml"
+POSTGRES = ROOT / "k8s" / "postgres.yaml"
 
 
 def _load(path: Path) -> dict:
@@ -99,6 +100,8 @@ def test_rayservice_serves_the_gpu_application():
     assert 0 < args.generator.num_gpus <= 1
     assert args.writer.prefer_nvenc
     assert k8s["http_options"]["port"] == 8000
+    # Job state in PostgreSQL; the URL (with its password) comes from the environment, never the config.
+    assert args.job_store == "postgres" and args.database_url is None
 
 
 # ---------------------------------------------------------------------------- (b) manifest
@@ -145,6 +148,27 @@ def test_rayservice_manifest_shape():
         for container in pod["containers"]:
             assert _env(container).get("RAY_USAGE_STATS_ENABLED") == "0", group
             assert container["image"].endswith(":0.1.0"), group
+
+
+def test_every_container_gets_the_database_url_from_the_operator_secret():
+    spec = _manifest()["spec"]
+    cluster = {d["kind"]: d for d in yaml.safe_load_all(POSTGRES.read_text()) if d}["Cluster"]
+    for group, pod in _pod_specs(spec):
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            ref = env["LIPSERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]  # never a literal value
+            # CloudNativePG writes the app user's URL into <cluster>-app, key uri.
+            assert ref == {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}, group
+
+
+def test_head_holds_no_job_state_and_the_gcs_overlay_stays_documented():
+    text = RAYSERVICE.read_text()
+    assert "# gcsFaultToleranceOptions:" in text and "redisAddress" in text
+    assert "gcsFaultToleranceOptions" not in _manifest()["spec"]["rayClusterConfig"]  # an opt-in overlay
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    assert "(UPGRADES.md)" in readme and "no longer holds job state" in readme
+    args = LipserveArgs.model_validate(_serve_config_v2()["applications"][0]["args"])
+    assert args.job_store != "actor"  # no store actor pinned to the head
 
 
 def test_worker_group_fits_the_pipeline():
