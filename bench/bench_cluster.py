@@ -9,7 +9,7 @@ All simulated nodes share this machine's cores: the figure shows what the schedu
 job store deliver, and is bounded by the real CPU count (on 2 cores expect little gain from a
 second node). Compare runs on the same machine only.
 
-Usage: python bench/bench_cluster.py [--workers 1 2] [--jobs 8] [--seconds 4] [--json]
+Usage: python bench/bench_cluster.py [--workers 1 2] [--jobs 12] [--seconds 6] [--json]
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def run_one(pg: PostgresServer, workers: int, jobs: int, seconds: float, work: P
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=4.0, help="audio length of each job")
+    ap.add_argument("--jobs", type=int, default=12)
+    ap.add_argument("--seconds", type=float, default=6.0, help="audio length of each job")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args()
 
