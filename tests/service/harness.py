@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def start_cluster(num_cpus: int = 8) -> int:
     """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors)."""
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    # address="local": always a fresh cluster of our own, never one another process started.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

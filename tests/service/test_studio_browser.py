@@ -14,7 +14,7 @@ from ray import serve
 from tests.media import ASSETS, speech_like, write_audio
 from tests.service.browser import (DESKTOP, PHONE, PageLog, browser, low_contrast_texts, screenshot,
                                    unlabelled_controls)
-from tests.service_harness import Client, deploy, make_media, small_args
+from tests.service.harness import Client, deploy, make_media, small_args
 
 DEMO_AUDIO = ASSETS / "demo_speech.wav"
 DEMO_VIDEO = ASSETS / "demo_template.mp4"
