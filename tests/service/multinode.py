@@ -58,9 +58,10 @@ class SimulatedCluster:
     (one machine: proxies on every node would all want the same port)."""
 
     def __init__(self, workers: int = 2):
-        self.cluster = Cluster(initialize_head=True, connect=True, head_node_args={
+        self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "num_gpus": 0, "include_dashboard": False})
         self.workers = [self.add_worker() for _ in range(workers)]
+        ray.init(address=self.cluster.address, log_to_driver=False)  # this cluster's head, no other
         self.port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.port, "location": "HeadOnly"})
 
