@@ -192,7 +192,7 @@ def test_register_avatar_then_cancel_its_job_from_the_list(page: Page, service, 
     expect(row).to_contain_text("cancelled by request")
     expect(page.locator("#job-status")).to_have_text("cancelled")
     assert service.job(job_id)["status"] == "cancelled"
-    assert service.job(job_id)["params"]["avatar_id"] == avatar_id
+    assert service.job(job_id)["meta"]["avatar_id"] == avatar_id
 
 
 @pytest.mark.xfail(strict=True, reason="needs GET /v1/jobs/{id}/hls/index.m3u8 (issue 11, live HLS); "

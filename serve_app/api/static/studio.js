@@ -34,7 +34,7 @@
   }
 
   function inputNames(job) {
-    const inputs = (job.params && job.params.inputs) || {};
+    const inputs = (job.params && job.params.display) || {};
     return [inputs.audio, inputs.video].filter(Boolean).join(" + ");
   }
 
