@@ -92,6 +92,14 @@ class IngressDeploymentSettings(_Strict):
     max_queued_requests: int = 200
 
 
+class StoreActorSettings(_Strict):
+    """The detached job store actor of ``job_store: actor`` (one SQLite owner per cluster)."""
+
+    pin_to_head: bool = True  # the head node's persistent volume holds the file
+    max_restarts: int = -1  # restarted for ever: every replica depends on it
+    max_task_retries: int = 5  # calls caught by a restart are re-sent to the new process
+
+
 class DuixSettings(_Strict):
     """The Duix/HeyGem-compatible API (``POST /easy/submit``, ``GET /easy/query``; see
     ``serve_app/api/duix/``)."""
@@ -137,6 +145,7 @@ class LipserveArgs(_Strict):
     ingress: IngressDeploymentSettings = Field(default_factory=IngressDeploymentSettings)
     actor_faults: ActorFaultSettings = Field(default_factory=ActorFaultSettings)
     duix: DuixSettings = Field(default_factory=DuixSettings)
+    store_actor: StoreActorSettings = Field(default_factory=StoreActorSettings)
     warmup: bool = True
     # Directory of fault-injection marker files, for the chaos tests only. None in production.
     chaos_dir: str | None = None

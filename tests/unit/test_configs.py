@@ -297,3 +297,13 @@ def test_build_app_does_not_start_ray():
     if not ray.is_initialized():  # and in this process too, unless another module started Ray
         build_app(None)
         assert not ray.is_initialized()
+
+
+def test_store_actor_options_follow_args():
+    from serve_app.jobs.store_actor import STORE_ACTOR_NAME, actor_options
+
+    default = actor_options(LipserveArgs().store_actor)
+    assert default["name"] == STORE_ACTOR_NAME and default["lifetime"] == "detached"
+    assert default["max_restarts"] == -1 and default["resources"] == {"node:__internal_head__": 0.001}
+    custom = actor_options(LipserveArgs(store_actor={"pin_to_head": False, "max_task_retries": 9}).store_actor)
+    assert "resources" not in custom and custom["max_task_retries"] == 9
