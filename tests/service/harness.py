@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -128,8 +129,29 @@ def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.
         time.sleep(interval)
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    """Whether ``pid`` runs under this test process (our cluster's raylet and its workers do; the
+    clusters of other processes on the machine do not)."""
+    me = os.getpid()
+    for _ in range(64):
+        pid = _parent(pid)
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def ray_processes(prefix: str) -> list[tuple[int, str]]:
-    """(pid, state) of live processes whose title starts with ``prefix`` (e.g. 'ray::GeneratorActor')."""
+    """(pid, state) of this cluster's live processes whose title starts with ``prefix`` (e.g.
+    'ray::GeneratorActor')."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -139,7 +161,7 @@ def ray_processes(prefix: str) -> list[tuple[int, str]]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if title.startswith(prefix):
+        if title.startswith(prefix) and _descends_from_us(int(entry.name)):
             found.append((int(entry.name), state))
     return found
 
