@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from serve_app.api.codes import ForbiddenError, UnauthorizedError, envelope_bytes
+from actors.errors import ForbiddenError, UnauthorizedError
+from serve_app.api.errors import envelope_bytes, headers_for, status_for
 
 ENV_KEYS = "LIPSERVE_API_KEYS"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -174,8 +175,8 @@ def tenant_of(request) -> Tenant:
 
 
 async def _send_error(send, err: UnauthorizedError) -> None:
-    body = envelope_bytes(err.code, err.message, err.retryable)
+    body = envelope_bytes(err)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    headers += [(k.lower().encode(), v.encode()) for k, v in headers_for(err).items()]
+    await send({"type": "http.response.start", "status": status_for(err), "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from actors.errors import ErrorCode, MediaTooLargeError
-from serve_app.api.codes import envelope_bytes
+from actors.errors import MediaTooLargeError
+from serve_app.api.errors import envelope_bytes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -134,7 +134,7 @@ def _message(limit: int) -> str:
 
 async def _send_413(send: Send, limit: int, declared: int | None) -> None:
     text = _message(limit) if declared is None else f"request body of {declared} bytes is over the limit of {limit} bytes for this route"
-    body = envelope_bytes(ErrorCode.MEDIA_TOO_LARGE, text, retryable=False)
+    body = envelope_bytes(MediaTooLargeError(text, path="request body"))
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
