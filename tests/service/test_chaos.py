@@ -59,7 +59,7 @@ def env(tmp_path_factory):
     ref = submit(client, audio, video)
     rec = client.wait(ref, timeout=120)
     assert rec["status"] == "succeeded", rec
-    reference = decode_frames(rec["result_path"])
+    reference = decode_frames(client.download_result(rec["id"]))
     yield {"client": client, "storage": storage, "faults": chaos_dir, "audio": audio, "video": video,
            "reference": reference, "port": port}
     stop_cluster()
@@ -86,7 +86,7 @@ def assert_recovered(env, job_id: str, fault_code: str, *, incident: bool) -> di
         errors = [a["error"]["code"] for a in rec["attempts"] if a.get("error")]
         assert fault_code in errors, [a.get("error") for a in rec["attempts"]]
         assert len(rec["attempts"]) >= 2
-    got = decode_frames(rec["result_path"])
+    got = decode_frames(client.download_result(rec["id"]))
     ref = env["reference"]
     assert len(got) == len(ref)
     worst = min(psnr(a, b) for a, b in zip(got[::7], ref[::7]))
@@ -168,7 +168,7 @@ def test_kill_ingress_replica_that_accepted_the_job(env):
     # in the ingress: the attempt carries on untouched and the new ingress serves its status.
     rec = env["client"].wait(job_id, timeout=180)
     assert rec["status"] == "succeeded" and len(rec["attempts"]) == 1, rec
-    got = decode_frames(rec["result_path"])
+    got = decode_frames(client.download_result(rec["id"]))
     assert len(got) == len(env["reference"])
     assert min(psnr(a, b) for a, b in zip(got[::7], env["reference"][::7])) >= 40.0
     wait_until(lambda: not (env["storage"] / "jobs" / job_id).exists(), "job temp files removed")
@@ -184,7 +184,7 @@ def test_restart_whole_application_with_jobs_queued_and_running(env, tmp_path):
     client = env["client"]
     long_audio, video = make_media(tmp_path, 40.0, seed=8)
     ref_id = submit(client, long_audio, video)  # fault-free reference of the long job
-    long_ref = decode_frames(client.wait(ref_id, timeout=180)["result_path"])
+    long_ref = decode_frames(client.download_result(client.wait(ref_id, timeout=180)["id"]))
 
     running = submit(client, long_audio, video)
     client.wait(running, predicate=lambda r: r["status"] == "running" and r["progress"] >= 0.2)
@@ -195,7 +195,7 @@ def test_restart_whole_application_with_jobs_queued_and_running(env, tmp_path):
     for job_id, ref in [(running, long_ref)] + [(q, env["reference"]) for q in queued]:
         rec = client.wait(job_id, timeout=240)
         assert rec["status"] == "succeeded", rec
-        got = decode_frames(rec["result_path"])
+        got = decode_frames(client.download_result(rec["id"]))
         assert len(got) == len(ref)
         assert min(psnr(a, b) for a, b in zip(got[::7], ref[::7])) >= 40.0
     first = client.job(running)["attempts"]

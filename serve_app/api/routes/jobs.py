@@ -159,7 +159,7 @@ async def _undo(svc: ApiServices, job_id: str, tenant: Tenant, key: str | None) 
         await svc.intake.idempotency.release(tenant.name, key)
 
 
-@router.get("", response_model=JobList, responses=responses(401), summary="List jobs, newest first")
+@router.get("", response_model=JobList, response_model_exclude_unset=True, responses=responses(401), summary="List jobs, newest first")
 async def list_jobs(request: Request, status: JobStatus | None = None, limit: int = Query(100, ge=1, le=1000),
                     offset: int = Query(0, ge=0, le=10**9), svc: ApiServices = Depends(services)):
     tenant = tenant_of(request)
@@ -167,7 +167,7 @@ async def list_jobs(request: Request, status: JobStatus | None = None, limit: in
     return {"jobs": [r.to_api(admin=tenant.is_admin) for r in recs], "limit": limit, "offset": offset}
 
 
-@router.get("/{job_id}", response_model=JobView, responses=responses(401, 404),
+@router.get("/{job_id}", response_model=JobView, response_model_exclude_unset=True, responses=responses(401, 404),
             summary="Job status, progress, stage, error, attempts, timings, webhook delivery")
 async def get_job(job_id: str, request: Request, svc: ApiServices = Depends(services)):
     tenant = tenant_of(request)
@@ -207,7 +207,8 @@ async def events(job_id: str, request: Request, svc: ApiServices = Depends(servi
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.delete("/{job_id}", response_model=JobView, responses=responses(401, 404), summary="Cancel a job")
+@router.delete("/{job_id}", response_model=JobView, response_model_exclude_unset=True, responses=responses(401, 404),
+                summary="Cancel a job")
 async def cancel(job_id: str, request: Request, svc: ApiServices = Depends(services)):
     tenant = tenant_of(request)
     before = await job_or_404(svc, job_id, tenant)
