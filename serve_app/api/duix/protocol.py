@@ -173,7 +173,7 @@ def resolve_source(value: str, root: Path) -> str:
         return value
     path = Path(value)
     if not path.is_absolute():
-        return str(root / "temp" / path)
+        return os.path.normpath(root / "temp" / path)
     if root != ORIGINAL_ROOT and path.is_relative_to(ORIGINAL_ROOT):
         # Clients that hard-code the original mount: the same file under this data root. Mapped
         # by name only (no existence test, which would tell a caller what the server holds).
