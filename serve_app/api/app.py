@@ -14,6 +14,7 @@ from serve_app.api.routes.avatars import router as avatars_router
 from serve_app.api.routes.health import router as health_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
+from serve_app.api.studio import mount_studio
 
 
 class RequestGuards:
@@ -51,5 +52,6 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     api.include_router(avatars_router)
     api.include_router(health_router)
     api.include_router(duix_router)
+    mount_studio(api)  # the web studio at / (static files, no build step)
     api.add_middleware(RequestGuards, get_services=get_services)
     return api

@@ -1,4 +1,5 @@
-"""The store's tenant columns, webhook outbox, request keys and retention marks (SQLite backend),
+"""The store's tenant columns, webhook outbox, request keys and retention marks (SQLite and a real
+PostgreSQL server, through the ``store`` fixture of conftest.py),
 the per-tenant dispatch pick, and the retention sweeper over real files."""
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ T0 = 1_000_000.0
 
 def P() -> JobParams:
     return JobParams(audio_path="/a.wav", video_path="/v.mp4")
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    yield s
-    s.close()
 
 
 def test_tenants_filter_lists_and_counts(store):
