@@ -70,7 +70,7 @@ def probe_audio(path, limits: MediaLimits | None = None) -> float | None:
     p, name = str(path), os.fspath(path)
     container, stream = _open_audio(path, limits or MediaLimits())
     with container:
-        declared = _declared_duration(container, stream)
+        declared = declared_duration_s(container, stream)
         try:
             for frame in container.decode(stream):
                 if frame.samples > 0:
