@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from actors.errors import ForbiddenError, UnauthorizedError
+from serve_app.api.body_limit import route_path
 from serve_app.api.errors import envelope_bytes, headers_for, status_for
 
 ENV_KEYS = "LIPSERVE_API_KEYS"
@@ -152,7 +153,7 @@ class ApiKeyMiddleware:
         if scope["type"] in ("http", "websocket"):
             state = scope.setdefault("state", {})
             tenant = ANONYMOUS
-            if self._protected(scope.get("path", "")):
+            if self._protected(route_path(scope)):
                 header = None
                 for name, value in scope.get("headers", ()):
                     if name == b"authorization":

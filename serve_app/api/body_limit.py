@@ -27,6 +27,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 KIB = 1024
 
 
+def route_path(scope: Scope) -> str:
+    """The path as the app's routes see it: without the mount prefix (``root_path``) that Serve
+    puts in front when the application has a ``route_prefix`` (``/limited/v1/jobs`` -> ``/v1/jobs``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
 class BodyTooLargeError(MediaTooLargeError):
     """Raised from ``receive`` once the body passes its route's limit."""
 
@@ -73,7 +82,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.limit_for(scope.get("path", ""))
+        limit = self.limits.limit_for(route_path(scope))
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _send_413(send, limit, declared)

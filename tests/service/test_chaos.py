@@ -32,9 +32,15 @@ from tests.service.harness import (
 POOL = 2
 
 
+ADMIN_KEY = "ops-admin-key-0123456789abcdef"  # attempt owners are shown to admin keys only
+
+
 def chaos_args(storage: Path, chaos_dir: Path) -> dict:
+    keys = storage.parent / "keys.txt"
+    keys.write_text(f"ops:{ADMIN_KEY}\n")
     return small_args(
         storage,
+        auth={"keys_file": str(keys), "admin_tenants": ["ops"]},
         chaos_dir=str(chaos_dir),
         job_store="actor",  # the multi-node store: also survives the whole-app restart below
         writer={"pool_size": POOL, "num_cpus": 0.1, "segment_frames": 10},
@@ -52,7 +58,7 @@ def env(tmp_path_factory):
     storage, chaos_dir, media = root / "storage", root / "faults", root / "media"
     chaos_dir.mkdir()
     deploy(chaos_args(storage, chaos_dir))
-    client = Client(f"http://127.0.0.1:{port}")
+    client = Client(f"http://127.0.0.1:{port}", ADMIN_KEY)
     client.wait_http("/readyz", 200)
     audio, video = make_media(media, 7.0, seed=7)
     # The fault-free reference run of the job every test interrupts.

@@ -182,3 +182,11 @@ def test_real_socket_chunked_upload_gets_413_before_it_is_sent(calls):
             except ConnectionResetError:
                 pass
     assert calls == ["jobs"]
+
+
+def test_route_path_strips_the_mount_prefix():
+    from serve_app.api.body_limit import route_path
+
+    assert route_path({"path": "/limited/v1/jobs", "root_path": "/limited"}) == "/v1/jobs"
+    assert route_path({"path": "/v1/jobs", "root_path": ""}) == "/v1/jobs"
+    assert route_path({"path": "/limited", "root_path": "/limited"}) == "/"
