@@ -174,7 +174,7 @@ def test_kill_ingress_replica_that_accepted_the_job(env):
     # in the ingress: the attempt carries on untouched and the new ingress serves its status.
     rec = env["client"].wait(job_id, timeout=180)
     assert rec["status"] == "succeeded" and len(rec["attempts"]) == 1, rec
-    got = decode_frames(client.download_result(rec["id"]))
+    got = decode_frames(env["client"].download_result(rec["id"]))
     assert len(got) == len(env["reference"])
     assert min(psnr(a, b) for a, b in zip(got[::7], env["reference"][::7])) >= 40.0
     wait_until(lambda: not (env["storage"] / "jobs" / job_id).exists(), "job temp files removed")
