@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from serve_app.api.codes import ForbiddenError, UnauthorizedError, envelope_bytes
+from actors.errors import ForbiddenError, UnauthorizedError
+from serve_app.api.body_limit import route_path
+from serve_app.api.errors import envelope_bytes, headers_for, status_for
 
 ENV_KEYS = "LIPSERVE_API_KEYS"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -151,7 +153,7 @@ class ApiKeyMiddleware:
         if scope["type"] in ("http", "websocket"):
             state = scope.setdefault("state", {})
             tenant = ANONYMOUS
-            if self._protected(scope.get("path", "")):
+            if self._protected(route_path(scope)):
                 header = None
                 for name, value in scope.get("headers", ()):
                     if name == b"authorization":
@@ -174,8 +176,8 @@ def tenant_of(request) -> Tenant:
 
 
 async def _send_error(send, err: UnauthorizedError) -> None:
-    body = envelope_bytes(err.code, err.message, err.retryable)
+    body = envelope_bytes(err)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    headers += [(k.lower().encode(), v.encode()) for k, v in headers_for(err).items()]
+    await send({"type": "http.response.start", "status": status_for(err), "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -96,6 +96,9 @@ class JobParams(BaseModel):
                 self.video_path: self.display.get("video", "video")}
 
 
+DEFAULT_TENANT = "default"  # every job when auth is off
+
+
 class JobRecord(BaseModel):
     """One job as stored. Mutable on purpose: store transitions change a fresh copy in place."""
 
@@ -103,6 +106,7 @@ class JobRecord(BaseModel):
 
     id: str
     status: JobStatus
+    tenant: str = DEFAULT_TENANT  # who owns it: other tenants cannot see, cancel or download it
     priority: int = 0
     params: JobParams | None = None
     meta: dict[str, Any] = Field(default_factory=dict)  # client-side extras (duix task, avatar id)
@@ -119,6 +123,7 @@ class JobRecord(BaseModel):
     updated_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    expired_at: float | None = None  # retention removed the result (GET .../result answers 410)
 
     @property
     def terminal(self) -> bool:
@@ -135,8 +140,26 @@ class JobRecord(BaseModel):
             return self.attempts[-1]
         return None
 
-    def to_api(self) -> dict[str, Any]:
-        """A JSON-able dict for the HTTP API (a deep copy)."""
+    @property
+    def callback_url(self) -> str | None:
+        url = self.meta.get("callback_url")
+        return url if isinstance(url, str) and url else None
+
+    def to_api(self, admin: bool = False) -> dict[str, Any]:
+        """A JSON-able dict for the HTTP API (a deep copy). Without ``admin``: no server paths,
+        hostnames or pids (no ``result_path``, ``owner``, attempt owners or incident messages;
+        ``params`` shows the client's own names for its inputs)."""
         d = self.model_dump(mode="json")
         d["failed_attempts"] = self.failed_attempts
+        d["result_expired"] = self.expired_at is not None
+        if admin:
+            return d
+        for key in ("result_path", "owner"):
+            d.pop(key, None)
+        if self.params is not None:
+            d["params"] = {"backend": self.params.backend, "pingpong": self.params.pingpong,
+                           "box": list(self.params.box) if self.params.box else None,
+                           "inputs": dict(self.params.display)}
+        d["attempts"] = [{k: a[k] for k in ("n", "started_at", "ended_at", "error", "released")}
+                         for a in d["attempts"]]
         return d

@@ -3,7 +3,7 @@
     storage_dir/
       jobs.sqlite3                 durable job records (serve_app/jobs/sqlite_store.py)
       avatars/<key>/               prepared templates, shared by all jobs (actors/avatar.py)
-      registered/<avatar_id>.<ext> templates registered once through POST /v1/avatars
+      registered/<tenant>/<id>.<ext> templates registered once through POST /v1/avatars
       jobs/<id>/inputs/            uploaded or fetched inputs of one job
       jobs/<id>/segments/          encoded segments of the running attempt (reused by a retry)
       results/<id>.mp4             finished videos
@@ -27,8 +27,12 @@ class Storage:
     def avatar_cache_dir(self) -> Path:
         return self.root / "avatars"
 
-    def registered_dir(self) -> Path:
-        return self.root / "registered"
+    def registered_dir(self, tenant: str | None = None) -> Path:
+        if tenant is None:
+            return self.root / "registered"
+        d = self.root / "registered" / tenant
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     def inputs_dir(self, job_id: str) -> Path:
         d = self.root / "jobs" / job_id / "inputs"

@@ -142,3 +142,11 @@ def cancel(rec: JobRecord, t: float) -> bool:
     rec.status, rec.error, rec.owner, rec.lease_until, rec.finished_at, rec.updated_at = (
         JobStatus.CANCELLED, err, None, None, t, t)
     return True
+
+
+def expire(rec: JobRecord, t: float) -> bool:
+    """Retention removed the result: the job stays ``succeeded`` and says its result expired."""
+    if rec.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED) or rec.expired_at is not None:
+        return False
+    rec.expired_at, rec.result_path, rec.updated_at = t, None, t
+    return True

@@ -64,9 +64,10 @@ def deploy(args: dict, name: str = "lipserve", prefix: str = "/", blocking: bool
 
 
 class Client:
-    def __init__(self, base: str):
+    def __init__(self, base: str, key: str | None = None):
         self.base = base.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, timeout=60)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base, timeout=60, headers=headers)
 
     def submit_files(self, audio: Path, video: Path, **fields) -> httpx.Response:
         with open(audio, "rb") as a, open(video, "rb") as v:
@@ -76,6 +77,17 @@ class Client:
 
     def submit_json(self, **body) -> httpx.Response:
         return self.http.post("/v1/jobs", json=body)
+
+    def download_result(self, job_id: str) -> Path:
+        """The job's MP4 over HTTP, into a temp file (records carry no server paths)."""
+        import tempfile
+
+        r = self.http.get(f"/v1/jobs/{job_id}/result")
+        r.raise_for_status()
+        fd, name = tempfile.mkstemp(suffix=".mp4", prefix=f"result-{job_id}-")
+        with open(fd, "wb") as f:
+            f.write(r.content)
+        return Path(name)
 
     def job(self, job_id: str) -> dict:
         r = self.http.get(f"/v1/jobs/{job_id}")

@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from actors.errors import InvalidParameterError
 from serve_app.api import auth as auth_mod
 from serve_app.api.auth import ANONYMOUS, ApiKeyMiddleware, ApiKeyRing, Tenant, require_admin, tenant_of
-from serve_app.api.codes import ApiCode, ForbiddenError, UnauthorizedError
-from serve_app.api.settings import AuthSettings
+from actors.errors import ErrorCode, ForbiddenError, UnauthorizedError
+from serve_app.api.errors import headers_for, status_for
+from serve_app.config import AuthSettings
 
 pytestmark = pytest.mark.anyio
 ALICE, BOB, ROOT = "alice-key-0123456789", "bob-key-abcdefghijkl", "root-key-zyxwvutsrqpo"
@@ -64,8 +65,8 @@ def test_every_digest_is_compared(ring, monkeypatch):
 def test_bad_credentials(ring, header):
     with pytest.raises(UnauthorizedError) as info:
         ring.authenticate(header)
-    assert info.value.code == ApiCode.UNAUTHORIZED and info.value.status == 401 and info.value.message
-    assert "Bearer" in info.value.headers["WWW-Authenticate"]
+    assert info.value.code == ErrorCode.UNAUTHORIZED and status_for(info.value) == 401 and info.value.message
+    assert "Bearer" in headers_for(info.value)["WWW-Authenticate"]
 
 
 @pytest.mark.parametrize("env, reason", [

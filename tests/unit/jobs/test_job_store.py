@@ -275,7 +275,7 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     rec = store.fail_attempt(
         job.id, "w", {"code": "internal", "message": "", "retryable": False}, 3, 1.0, now=T0 + 1
     )
-    api = rec.to_api()
+    api = rec.to_api(admin=True)
     text = json.dumps(api)
     assert json.loads(text) == api
     assert api["status"] == "failed" and api["id"] == job.id
@@ -287,6 +287,9 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     assert store.get(job.id).params.video_path == "/v.mp4"
     for rec in store.list():
         json.dumps(rec.to_api())
+    public = rec.to_api()  # a tenant's view: no server paths, hosts or pids
+    assert "result_path" not in public and "owner" not in public and "/v.mp4" not in json.dumps(public)
+    assert public["attempts"][0].keys() == {"n", "started_at", "ended_at", "error", "released"}
 
 
 def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
