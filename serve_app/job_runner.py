@@ -104,7 +104,7 @@ class JobRunner:
             out_path=f"{result}.{self.owner.rsplit(':', 1)[-1]}-{len(job.attempts)}.partial.mp4",
             work_dir=str(self.storage.segments_dir(job.id)), mode="pingpong" if p.pingpong else "loop",
             avatar=AvatarParams(crop_size=self.actors.crop_size, box=p.box, detector_model=self.args.detector_model),
-            segment_frames=self.args.writer.segment_frames)
+            segment_frames=self.args.writer.segment_frames, hls_dir=str(self.storage.hls_dir(job.id)))
 
     async def run(self, job: JobRecord) -> JobRecord:
         state = AttemptState(progress=job.progress)
@@ -136,6 +136,7 @@ class JobRunner:
                 # lapsed): leave the files, the new owner reuses the finished segments.
                 if await self.store.is_cancelled(job.id):
                     await asyncio.to_thread(self.storage.remove_job_work, job.id)
+                    await asyncio.to_thread(self.storage.remove_live_stream, job.id)
                 if self.metrics:
                     self.metrics.job_finished("cancelled", "cancelled")
             else:
@@ -144,6 +145,7 @@ class JobRunner:
                                                     self.args.jobs.retry_backoff_s)
                 if rec is not None and rec.status == JobStatus.FAILED:
                     await asyncio.to_thread(self.storage.remove_job_work, job.id)
+                    await asyncio.to_thread(self.storage.remove_live_stream, job.id)
                     if self.metrics:
                         self.metrics.job_finished("failed", error.code.value)
         finally:

@@ -14,7 +14,7 @@ from ray import serve
 from tests.media import ASSETS, speech_like, write_audio
 from tests.service.browser import (DESKTOP, PHONE, PageLog, browser, low_contrast_texts, screenshot,
                                    unlabelled_controls)
-from tests.service_harness import Client, deploy, make_media, small_args
+from tests.service.harness import Client, deploy, make_media, small_args
 
 DEMO_AUDIO = ASSETS / "demo_speech.wav"
 DEMO_VIDEO = ASSETS / "demo_template.mp4"
@@ -195,8 +195,6 @@ def test_register_avatar_then_cancel_its_job_from_the_list(page: Page, service, 
     assert service.job(job_id)["params"]["avatar_id"] == avatar_id
 
 
-@pytest.mark.xfail(strict=True, reason="needs GET /v1/jobs/{id}/hls/index.m3u8 (issue 11, live HLS); "
-                                       "remove this marker when the route lands")
 def test_live_hls_plays_before_the_job_ends_then_switches_to_the_mp4(page: Page, service, tmp_path):
     audio = write_audio(tmp_path / "long-speech.wav", speech_like(14.0, seed=5))  # a job of several segments
     page.set_input_files("#audio", str(audio))
