@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.errors import ErrorCode
-from serve_app.jobs.records import Attempt, ErrorInfo, JobParams, JobStatus
+from serve_app.jobs.records import Attempt, AttemptResources, ErrorInfo, JobParams, JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -49,6 +49,7 @@ class JobView(BaseModel):
     timings: dict[str, float] = {}
     attempts: list[Attempt] = []
     failed_attempts: int = 0
+    resources: AttemptResources | None = Field(None, description="resource use of the latest measured attempt")
     error: ErrorInfo | None = None
     result_path: str | None = None
     owner: str | None = None
@@ -66,10 +67,15 @@ class JobList(BaseModel):
 
 class AvatarView(BaseModel):
     avatar_id: str
+    name: str | None = None  # the registered file's name, as the client sent it
     width: int
     height: int
     fps: float
     frames: int
+
+
+class AvatarList(BaseModel):
+    avatars: list[AvatarView]
 
 
 class Health(BaseModel):

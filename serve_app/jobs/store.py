@@ -51,6 +51,7 @@ class JobStore(Protocol):
                   stage: str | None = None, now: float | None = None) -> bool: ...
     def add_incident(self, job_id: str, owner: str, code: str, message: str, now: float | None = None) -> bool: ...
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool: ...
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool: ...
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool: ...
     def fail_attempt(self, job_id: str, owner: str, error: Any, max_attempts: int, backoff_s: float,
                      now: float | None = None) -> JobRecord | None: ...
@@ -64,7 +65,7 @@ class JobStore(Protocol):
 # The methods a remote client (the store actor) may call.
 STORE_METHODS = frozenset({
     "create", "get", "list", "count", "claimable", "is_cancelled", "claim", "heartbeat", "add_incident",
-    "add_timing", "succeed", "fail_attempt", "release", "cancel", "delete",
+    "add_timing", "record_resources", "succeed", "fail_attempt", "release", "cancel", "delete",
 })
 
 Mutation = Callable[[JobRecord, float], bool]
@@ -138,6 +139,9 @@ class TransactionalJobStore(abc.ABC):
 
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.add_timing(r, stage, seconds))[0]
+
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool:
+        return self._mutate(job_id, lambda r, t: transitions.record_resources(r, owner, resources, t), now)[0]
 
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.succeed(r, owner, result_path, t), now)[0]

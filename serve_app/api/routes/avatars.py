@@ -1,14 +1,15 @@
-"""``/v1/avatars``: register a template once; later jobs pass its ``avatar_id``."""
+"""``/v1/avatars``: register a template once; later jobs pass its ``avatar_id``; list them."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from actors.errors import InvalidParameterError
 from serve_app.api.errors import responses
-from serve_app.api.schemas import AvatarView
+from serve_app.api.schemas import AvatarList, AvatarView
 from serve_app.api.services import ApiServices, services
+from serve_app.jobs.avatar_registry import list_avatars
 
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
 
@@ -21,3 +22,8 @@ async def register_avatar(request: Request, svc: ApiServices = Depends(services)
     if not isinstance(video, UploadFile):
         raise InvalidParameterError("multipart field 'video' (a file) is required")
     return await svc.intake.register_avatar(video)
+
+
+@router.get("", response_model=AvatarList, responses=responses(), summary="Registered avatars, newest first")
+async def avatars(limit: int = Query(100, ge=1, le=1000), svc: ApiServices = Depends(services)):
+    return {"avatars": await svc.intake.io.run(list_avatars, svc.storage, limit)}

@@ -117,7 +117,7 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert first.started_at == T0 + 1
     assert [a.model_dump() for a in first.attempts] == [
         {"n": 1, "owner": "w1", "started_at": T0 + 1, "ended_at": None, "error": None, "released": False,
-         "incidents": []}
+         "incidents": [], "resources": None}
     ]
     assert store.heartbeat(job.id, "w1", lease_s=6, progress=0.4, stage="generate", now=T0 + 5)
     assert store.claim(job.id, "w2", lease_s=6, now=T0 + 10) is None  # lease now until T0 + 11
