@@ -44,12 +44,14 @@ class LiveHls:
         self._audio: asyncio.Future | None = None
         self._lock = asyncio.Lock()
         self._t0 = started_at
+        self._on_disk = 0
 
     def start(self) -> None:
         """Encode the track's AAC now, while the first segments are generated."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._on_disk = hls.listed_segments(self.dir)  # an earlier attempt's playlist: never shrink it
         self._audio = asyncio.ensure_future(self.run(hls.write_audio_track, self.audio_path,
                                                      self.dir / hls.AUDIO_TRACK))
 
@@ -78,7 +80,8 @@ class LiveHls:
                 return
             entries = [hls.PlaylistEntry(s.index, s.n_frames / float(self.plan.fps))
                        for s in self.plan.segments[:n]]
-            await self.run(hls.write_playlist, self.dir, entries, self._target, ended)
+            if n >= self._on_disk:  # players may already have read that many: an EVENT playlist only grows
+                await self.run(hls.write_playlist, self.dir, entries, self._target, ended)
             first = self.listed == 0 and n > 0
             self.listed = n
         if first:

@@ -212,6 +212,15 @@ def playlist_text(entries: list[PlaylistEntry], target_s: float, ended: bool) ->
     return "\n".join(lines) + "\n"
 
 
+def listed_segments(hls_dir: str | os.PathLike) -> int:
+    """How many segments the playlist in ``hls_dir`` lists (0 without one)."""
+    try:
+        text = (Path(hls_dir) / PLAYLIST).read_text(encoding="utf-8")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
 def write_playlist(hls_dir: str | os.PathLike, entries: list[PlaylistEntry], target_s: float, ended: bool) -> Path:
     text = playlist_text(entries, target_s, ended)
     return atomic_write(Path(hls_dir) / PLAYLIST, lambda tmp: tmp.write_text(text, encoding="utf-8"))

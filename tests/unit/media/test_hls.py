@@ -175,3 +175,25 @@ def test_a_failed_publication_is_an_incident_and_stops_the_stream(tmp_path):
     text = (tmp_path / hls.PLAYLIST).read_text()
     assert "seg_00000.m4s" in text and "seg_00001.m4s" not in text and "#EXT-X-ENDLIST" not in text
     assert INCIDENT == "hls_unavailable"
+
+
+def test_a_retry_never_shrinks_the_playlist(tmp_path):
+    """A later attempt re-lists the segments an earlier one published: never fewer than before."""
+    hls.write_playlist(tmp_path, [hls.PlaylistEntry(i, 0.4) for i in range(2)], 1, ended=False)
+    seen = []
+
+    async def run(fn, *args):
+        if fn is hls.write_playlist:
+            seen.append(len(args[1]))
+            fn(*args)
+
+    async def main():
+        live = LiveHls(tmp_path, _plan(3), "unused.wav", run=run)
+        live.start()
+        for seg in _plan(3).segments:
+            live.segment_done(seg, "x.mp4")
+        return await live.finish(timeout=5)
+
+    assert asyncio.run(main())
+    assert seen and min(seen) >= 2 and seen[-1] == 3
+    assert hls.listed_segments(tmp_path) == 3
