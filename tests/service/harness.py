@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def start_cluster(num_cpus: int = 8, system_config: dict | None = None) -> int:
     """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors).
-    Always a new local cluster (``address="local"``): never one that another process started."""
+    ``system_config``: Ray internals a module needs (e.g. a short metrics report interval)."""
+    # address="local": always a fresh cluster of our own, never one another process started.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}, _system_config=system_config)
     port = free_port()

@@ -12,7 +12,7 @@ from serve_app.jobs.store_actor import STORE_ACTOR_NAME, STORE_NAMESPACE
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
