@@ -8,7 +8,8 @@ Serve deployment option and every Ray actor option from it, so `serve run`, YAML
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+import re
+from typing import Any, Literal, Mapping
 
 from dataclasses import dataclass
 
@@ -18,6 +19,23 @@ from actors.errors import InvalidParameterError
 from actors.limits import MediaLimits
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """``${NAME}`` / ``${NAME:-default}`` in a config value, from the environment of the process that
+    validates the config (``build_app``: ``serve run`` / the cluster's app builder). A variable that
+    is unset (or empty) with no default is an error, not an empty path."""
+    env = os.environ if environ is None else environ
+
+    def one(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        found = env.get(name) or default
+        if not found:
+            raise ValueError(f"environment variable {name} is not set and {m.group(0)} has no default")
+        return found
+
+    return _ENV_REFERENCE.sub(one, value)
 
 
 class _Strict(BaseModel):
@@ -195,7 +213,8 @@ class DuixSettings(_Strict):
     enabled: bool = True
     # Root of the volume Duix clients share with the server (the original's /code/data). Relative
     # input names resolve under ``<data_dir>/temp``, where results are published as ``{code}-r.mp4``.
-    # Default: ``<storage_dir>/duix``; a relative path is taken from the project root.
+    # Default: ``<storage_dir>/duix``; a relative path is taken from the project root; ``${VAR}`` and
+    # ``${VAR:-default}`` come from the environment (configs/duix.yaml: ``${LIPSERVE_DUIX_ROOT:-/code/data}``).
     data_dir: str | None = None
     # Forget a task after its first success/error reply (a later query answers 10004), as the
     # original server does. The code stays used (a tombstone): it cannot name a new task.
@@ -210,7 +229,7 @@ class DuixSettings(_Strict):
     def _absolute(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        v = os.path.expanduser(v)
+        v = os.path.expanduser(expand_env(v))
         return v if os.path.isabs(v) else os.path.join(PROJECT_ROOT, v)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -120,3 +121,17 @@ class PipelineServer:
             return  # restarting under max_restarts: not a reason to kill the replica
         except (ray.exceptions.ActorDiedError, asyncio.TimeoutError) as exc:
             raise LipserveError(f"pipeline actors do not answer: {type(exc).__name__}: {exc}") from exc
+        await self._sample_metrics()  # the health check's period is the gauges' sampling period
+
+    async def _sample_metrics(self) -> None:
+        """Gauges that describe the replica now: generator memory and GPUs, storage, stuck jobs."""
+        m = self.runner.metrics
+        if m is None:
+            return
+        try:
+            m.last_progress.set(self.runner.oldest_progress_at())
+            usage = await asyncio.to_thread(shutil.disk_usage, self.storage.root)
+            m.disk(str(self.storage.root), usage.free, usage.total)
+            m.generator(await asyncio.wait_for(self.actors.generator.resources.remote(), timeout=5.0))
+        except Exception as exc:  # noqa: BLE001 - telemetry never fails a health check
+            log.warning("metrics sample failed: %s: %s", type(exc).__name__, exc)

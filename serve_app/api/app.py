@@ -12,6 +12,7 @@ from serve_app.api.duix.routes import router as duix_router
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.routes.avatars import router as avatars_router
 from serve_app.api.routes.health import router as health_router
+from serve_app.api.routes.hls import router as hls_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
 from serve_app.api.studio import mount_studio
@@ -49,6 +50,7 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     api.state.get_services = get_services
     install_error_handlers(api)
     api.include_router(jobs_router)
+    api.include_router(hls_router)
     api.include_router(avatars_router)
     api.include_router(health_router)
     api.include_router(duix_router)

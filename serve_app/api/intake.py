@@ -35,6 +35,7 @@ from serve_app.api.inputs import Input, InputAcquirer
 from serve_app.api.url_fetch import SafeHttp
 from serve_app.config import LipserveArgs
 from serve_app.jobs.async_store import AsyncJobStore, BlockingLane
+from serve_app.jobs import avatar_registry
 from serve_app.jobs.records import JobParams, JobRecord
 from serve_app.jobs.storage import Storage
 
@@ -182,10 +183,11 @@ class JobIntake:
                 raise with_client_names(err, {str(inp.path): inp.display}) from err
             avatar_id = (await self.io.run(file_digest, inp.path))[:24]
             os.replace(inp.path, registered / f"{avatar_id}{inp.path.suffix}")
+            view = {"width": info.width, "height": info.height, "fps": float(info.fps), "frames": info.n_frames}
+            await self.io.run(avatar_registry.record, registered, avatar_id, inp.display, view)
         finally:
             await self.io.run(_remove_tree, tmp_dir)
-        return {"avatar_id": avatar_id, "width": info.width, "height": info.height, "fps": float(info.fps),
-                "frames": info.n_frames}
+        return {"avatar_id": avatar_id, "name": inp.display, **view}
 
 
 def _remove_tree(path: Path) -> None:

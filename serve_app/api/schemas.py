@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.errors import ErrorCode
-from serve_app.jobs.records import ErrorInfo, Incident, JobStatus
+from serve_app.jobs.records import AttemptResources, ErrorInfo, Incident, JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -69,6 +69,7 @@ class JobView(BaseModel):
     timings: dict[str, float] = {}
     attempts: list[AttemptView] = []
     failed_attempts: int = 0
+    resources: AttemptResources | None = Field(None, description="resource use of the latest measured attempt")
     error: ErrorInfo | None = None
     result_expired: bool = False
     expired_at: float | None = None
@@ -91,10 +92,15 @@ class JobList(BaseModel):
 
 class AvatarView(BaseModel):
     avatar_id: str
+    name: str | None = None  # the registered file's name, as the client sent it
     width: int
     height: int
     fps: float
     frames: int
+
+
+class AvatarList(BaseModel):
+    avatars: list[AvatarView]
 
 
 class Health(BaseModel):

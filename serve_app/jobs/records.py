@@ -67,6 +67,16 @@ class Incident(BaseModel):
         return str(v or "").strip() or "incident without further detail"
 
 
+class AttemptResources(BaseModel):
+    """What one attempt used: generator memory (peak CUDA memory on a GPU, else the generator
+    process's peak RSS) and output frames per second of each stage that handles every frame."""
+
+    generator_memory_bytes: int | None = None
+    generator_memory_kind: str | None = None  # "cuda_peak" | "rss"
+    stage_fps: dict[str, float] = Field(default_factory=dict)
+    frames: int = 0
+
+
 class Attempt(BaseModel):
     n: int
     owner: str
@@ -75,6 +85,7 @@ class Attempt(BaseModel):
     error: ErrorInfo | None = None
     released: bool = False  # given back on drain: does not count against max_attempts
     incidents: list[Incident] = Field(default_factory=list)
+    resources: AttemptResources | None = None
 
 
 class JobParams(BaseModel):
@@ -151,6 +162,9 @@ class JobRecord(BaseModel):
         ``params`` shows the client's own names for its inputs)."""
         d = self.model_dump(mode="json")
         d["failed_attempts"] = self.failed_attempts
+        # The latest measured attempt's resource use (each attempt keeps its own in ``attempts``).
+        measured = [a for a in d["attempts"] if a.get("resources")]
+        d["resources"] = measured[-1]["resources"] if measured else None
         d["result_expired"] = self.expired_at is not None
         if admin:
             return d

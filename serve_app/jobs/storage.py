@@ -7,6 +7,7 @@
       jobs/<id>/inputs/            uploaded or fetched inputs of one job
       jobs/<id>/segments/          encoded segments of the running attempt (reused by a retry)
       results/<id>.mp4             finished videos
+      hls/<id>/                    the live HLS stream (actors/media/hls.py): kept with the result
       warmup/                      a replica's warm-up job while its constructor runs (removed after)
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 class Storage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        for sub in ("avatars", "registered", "jobs", "results"):
+        for sub in ("avatars", "registered", "jobs", "results", "hls"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     @property
@@ -44,6 +45,14 @@ class Storage:
 
     def result_path(self, job_id: str) -> Path:
         return self.root / "results" / f"{job_id}.mp4"
+
+    def hls_dir(self, job_id: str) -> Path:
+        """The live stream of a job. Outside ``jobs/<id>`` on purpose: a player still reading it when
+        the job succeeds keeps working; it goes with the job when the job fails or is cancelled."""
+        return self.root / "hls" / job_id
+
+    def remove_live_stream(self, job_id: str) -> None:
+        shutil.rmtree(self.hls_dir(job_id), ignore_errors=True)
 
     def remove_job_work(self, job_id: str) -> None:
         """Temp files of a job (inputs, segments, a partial result); the finished result stays."""

@@ -64,10 +64,6 @@ class JobStore(Protocol):
     def reserve_key(self, scope: str, fingerprint: str, job_id: str, expires_at: float,
                     now: float | None = None) -> tuple[str, str] | None: ...
     def release_key(self, scope: str) -> bool: ...
-    def expire(self, job_id: str, now: float | None = None) -> JobRecord | None:
-        """Mark the job's result as removed by retention (the caller deletes the files)."""
-        return self._mutate(job_id, lambda r, t: transitions.expire(r, t), now)[1]
-
     def is_cancelled(self, job_id: str) -> bool: ...
     def claim(self, job_id: str, owner: str, lease_s: float, now: float | None = None,
               max_attempts: int | None = None) -> JobRecord | None: ...
@@ -75,6 +71,7 @@ class JobStore(Protocol):
                   stage: str | None = None, now: float | None = None) -> bool: ...
     def add_incident(self, job_id: str, owner: str, code: str, message: str, now: float | None = None) -> bool: ...
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool: ...
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool: ...
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool: ...
     def fail_attempt(self, job_id: str, owner: str, error: Any, max_attempts: int, backoff_s: float,
                      now: float | None = None) -> JobRecord | None: ...
@@ -88,7 +85,7 @@ class JobStore(Protocol):
 # The methods a remote client (the store actor) may call.
 STORE_METHODS = frozenset({
     "create", "get", "list", "count", "claimable", "is_cancelled", "claim", "heartbeat", "add_incident",
-    "add_timing", "succeed", "fail_attempt", "release", "cancel", "delete",
+    "add_timing", "record_resources", "succeed", "fail_attempt", "release", "cancel", "delete",
     "count_by_tenant", "claimable_with_tenants", "expire", "expirable",
     "outbox_due", "outbox_delivered", "outbox_failed", "deliveries", "reserve_key", "release_key",
 })
@@ -168,6 +165,9 @@ class TransactionalJobStore(abc.ABC):
 
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.add_timing(r, stage, seconds))[0]
+
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool:
+        return self._mutate(job_id, lambda r, t: transitions.record_resources(r, owner, resources, t), now)[0]
 
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.succeed(r, owner, result_path, t), now)[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from serve_app.jobs.records import ACTIVE, Attempt, ErrorInfo, Incident, JobRecord, JobStatus
+from serve_app.jobs.records import ACTIVE, Attempt, AttemptResources, ErrorInfo, Incident, JobRecord, JobStatus
 
 
 def _iso(ts: float | None) -> str:
@@ -80,6 +80,16 @@ def add_incident(rec: JobRecord, owner: str, code: str, message: str, t: float) 
     if not owned(rec, owner) or att is None:
         return False
     att.incidents.append(Incident(code=str(getattr(code, "value", code) or "internal"), message=message, at=t))
+    rec.updated_at = t
+    return True
+
+
+def record_resources(rec: JobRecord, owner: str, resources: dict, t: float) -> bool:
+    """The open attempt's resource use (``AttemptResources`` fields); only its owner writes it."""
+    att = rec.open_attempt
+    if not owned(rec, owner) or att is None:
+        return False
+    att.resources = AttemptResources.model_validate(resources)
     rec.updated_at = t
     return True
 

@@ -25,11 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(num_cpus: int = 8) -> int:
-    """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors)."""
+def start_cluster(num_cpus: int = 8, system_config: dict | None = None) -> int:
+    """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors).
+    ``system_config``: Ray internals a module needs (e.g. a short metrics report interval)."""
     # address="local": always a fresh cluster of our own, never one another process started.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}, _system_config=system_config)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port

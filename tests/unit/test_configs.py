@@ -24,6 +24,7 @@ from serve_app.config import LipserveArgs
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu.yaml"
+DUIX = ROOT / "configs" / "duix.yaml"
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
 STORAGE = ROOT / "k8s" / "storage.yaml"
 POSTGRES = ROOT / "k8s" / "postgres.yaml"
@@ -47,6 +48,7 @@ def _serve_config_v2() -> dict:
 SERVE_CONFIGS = {
     "configs/local.yaml": lambda: _load(LOCAL),
     "configs/gpu.yaml": lambda: _load(GPU),
+    "configs/duix.yaml": lambda: _load(DUIX),
     "k8s/rayservice.yaml:serveConfigV2": _serve_config_v2,
 }
 
@@ -72,6 +74,47 @@ def test_serve_config_validates(name):
         assert app.route_prefix == "/"
         args = LipserveArgs.model_validate(app.args)  # extra="forbid": typos fail here
         assert os.path.isabs(args.storage_dir)
+
+
+def _duix_args(monkeypatch, root: str | None) -> LipserveArgs:
+    if root is None:
+        monkeypatch.delenv("LIPSERVE_DUIX_ROOT", raising=False)
+    else:
+        monkeypatch.setenv("LIPSERVE_DUIX_ROOT", root)
+    return LipserveArgs.model_validate(_load(DUIX)["applications"][0]["args"])
+
+
+def test_duix_config_is_local_on_the_duix_port(monkeypatch):
+    duix, local = _load(DUIX), _load(LOCAL)
+    assert duix["http_options"]["port"] == 8383
+    assert duix["proxy_location"] == local["proxy_location"]
+    (d_app,), (l_app,) = duix["applications"], local["applications"]
+    for key in ("name", "route_prefix", "import_path"):
+        assert d_app[key] == l_app[key], key
+    d_args = _duix_args(monkeypatch, None).model_dump()
+    l_args = LipserveArgs.model_validate(l_app["args"]).model_dump()
+    assert d_args["duix"]["enabled"] is True
+    d_args.pop("duix"), l_args.pop("duix")
+    assert d_args == l_args, "configs/duix.yaml must run the same pipeline as configs/local.yaml"
+
+
+def test_duix_data_root_comes_from_the_environment(monkeypatch, tmp_path):
+    assert _duix_args(monkeypatch, None).duix.data_dir == "/code/data"  # the original's volume
+    assert _duix_args(monkeypatch, str(tmp_path)).duix.data_dir == str(tmp_path)
+    assert _duix_args(monkeypatch, "").duix.data_dir == "/code/data"  # empty = unset
+    # build_app validates in the process that reads the config: replicas get the resolved path.
+    monkeypatch.setenv("LIPSERVE_DUIX_ROOT", str(tmp_path))
+    app = build_app(_load(DUIX)["applications"][0]["args"])
+    config, _ = app._bound_deployment.init_args
+    assert config["duix"]["data_dir"] == str(tmp_path)
+
+
+def test_env_reference_without_default_must_be_set(monkeypatch):
+    monkeypatch.delenv("LIPSERVE_TEST_UNSET", raising=False)
+    with pytest.raises(ValueError, match="LIPSERVE_TEST_UNSET is not set"):
+        LipserveArgs.model_validate({"duix": {"data_dir": "${LIPSERVE_TEST_UNSET}/x"}})
+    monkeypatch.setenv("LIPSERVE_TEST_UNSET", "/srv")
+    assert LipserveArgs.model_validate({"duix": {"data_dir": "${LIPSERVE_TEST_UNSET}/x"}}).duix.data_dir == "/srv/x"
 
 
 def test_args_typo_is_rejected():

@@ -155,3 +155,27 @@ async def test_auth_off_serves_everyone_as_default():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(ApiKeyRing())), base_url="http://t") as c:
         r = await c.get("/v1/jobs")
         assert r.status_code == 200 and r.json() == {"tenant": "default", "admin": False}
+
+
+async def test_access_token_query_only_on_the_live_stream_routes(ring):
+    app = make_app(ring)
+
+    async def who(request: Request):
+        return {"tenant": tenant_of(request).name}
+
+    app.add_api_route("/v1/jobs/{job_id}/hls/{name}", who, methods=["GET"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB})
+        assert r.status_code == 200 and r.json() == {"tenant": "bob"}
+        r = await c.get("/v1/jobs/abc/hls/seg_00000.m4s", params={"access_token": BOB})
+        assert r.status_code == 200
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": "not-a-configured-key"})
+        assert r.status_code == 401 and r.json()["error"]["message"] == "the API key is not valid"
+        assert (await c.get("/v1/jobs/abc/hls/index.m3u8")).status_code == 401
+        # Anywhere else the query string is no way to authenticate.
+        assert (await c.get("/v1/jobs/abc", params={"access_token": BOB})).status_code == 401
+        assert (await c.get("/v1/jobs", params={"access_token": BOB})).status_code == 401
+        # A header wins over the query string.
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB},
+                        headers={"Authorization": f"Bearer {ROOT}"})
+        assert r.json() == {"tenant": "ops"}

@@ -117,7 +117,7 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert first.started_at == T0 + 1
     assert [a.model_dump() for a in first.attempts] == [
         {"n": 1, "owner": "w1", "started_at": T0 + 1, "ended_at": None, "error": None, "released": False,
-         "incidents": []}
+         "incidents": [], "resources": None}
     ]
     assert store.heartbeat(job.id, "w1", lease_s=6, progress=0.4, stage="generate", now=T0 + 5)
     assert store.claim(job.id, "w2", lease_s=6, now=T0 + 10) is None  # lease now until T0 + 11
@@ -132,7 +132,7 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert prev.error.retryable is True and "owner w1 stopped heartbeating" in prev.error.message
     assert [i.model_dump() for i in prev.incidents] == [{"code": "worker_lost", "message": "generator actor restarted", "at": T0 + 6}]
     assert cur.model_dump() == {"n": 2, "owner": "w2", "started_at": T0 + 20, "ended_at": None, "error": None,
-                                "released": False, "incidents": []}
+                                "released": False, "incidents": [], "resources": None}
     assert taken.error.code == "worker_lost"
 
     # The old owner is told to stop; its late writes are refused.
@@ -303,3 +303,15 @@ def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
     assert store.wait_for_work(0.2) is False  # claims and heartbeats are no work for others
     assert store.release(job.id, "w")
     assert store.wait_for_work(10) is True
+
+
+def test_resources_are_recorded_on_the_owners_open_attempt(store):
+    job = store.create(P(), now=T0)
+    store.claim(job.id, "w1", lease_s=6, now=T0 + 1)
+    use = {"generator_memory_bytes": 123456789, "generator_memory_kind": "rss",
+           "stage_fps": {"generate_write": 41.5}, "frames": 250}
+    assert not store.record_resources(job.id, "intruder", use, now=T0 + 2)
+    assert store.record_resources(job.id, "w1", use, now=T0 + 2)
+    rec = store.get(job.id)
+    assert rec.attempts[-1].resources.model_dump() == use
+    assert rec.to_api()["resources"] == use
