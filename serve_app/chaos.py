@@ -37,7 +37,7 @@ class ChaosHooks:
 class SlowFrames:
     """The ``writer_slow`` fault: wraps a writer call's stop token (checked once per frame) so each
     frame takes ``seconds`` longer, and logs every check to ``chaos_dir/writer_frames.log`` as
-    ``<token name> <unix s> <stopped 0/1>``: the chaos test reads how long a stopped
+    ``<token name> <pid> <unix s> <stopped 0/1>``: the chaos test reads how long a stopped
     attempt's writer went on."""
 
     def __init__(self, stop, seconds: float, log_path: Path):
@@ -46,7 +46,7 @@ class SlowFrames:
     def check(self, stage: str) -> None:
         stopped = self.stop is not None and self.stop.is_set()
         with open(self.log_path, "a") as f:
-            f.write(f"{os.path.basename(getattr(self.stop, 'path', '-'))} {time.time():.3f} {int(stopped)}\n")
+            f.write(f"{os.path.basename(getattr(self.stop, 'path', '-'))} {os.getpid()} {time.time():.3f} {int(stopped)}\n")
         if self.stop is not None:
             self.stop.check(stage)
         time.sleep(self.seconds)  # a slow frame (the fault), after the check as a real frame's work
