@@ -127,7 +127,7 @@ def _resolve_torch_device(device: str) -> str:
     return device
 
 
-def cpu_session_options(ort, threads: int | None):
+def cpu_session_options(ort, threads: int | None, spin: bool = False):
     """onnxruntime options for a CPU-bound generator that shares its machine with a writer.
 
     * all graph optimisations (conv + batch-norm + activation fusion; measured ~3x the BASIC level on
@@ -144,7 +144,7 @@ def cpu_session_options(ort, threads: int | None):
     opts.inter_op_num_threads = 1
     if threads:
         opts.intra_op_num_threads = int(threads)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
 
