@@ -7,8 +7,9 @@ Runs, each in its own processes (the benches themselves repeat their measurement
 2. ``bench_generator.py --quick``: onnxruntime settings / batch size / torch / int8 (+ OpenVINO when
    ``LIPSERVE_OPENVINO_PYTHON`` names a venv python that has onnxruntime-openvino);
 3. ``bench_pipeline.py --cache warm``: per-stage frames/s and peak RSS of a 60 s vs a 10 s render;
-4. ``bench_service.py``: replica ready time and an HTTP job vs the same render in-process, plus
-   concurrent-job throughput when it reports it.
+4. ``bench_service.py``: replica ready time and an HTTP job vs the same render in-process;
+5. ``bench_first_segment.py --no-service``: time to the first playable (live HLS) segment;
+6. ``bench_cluster.py --workers 1 2 --jobs 6``: concurrent-job throughput (jobs/min, simulated nodes).
 
 Figures a bench does not produce yet are written as ``null`` with a note. About 6-8 minutes on an
 idle 2-core machine. Usage: python bench/run_all.py [--skip service] [--repeats 3]
@@ -38,13 +39,16 @@ def _json_tail(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
     proc = subprocess.run([sys.executable, *cmd, "--json"], capture_output=True, text=True, cwd=str(REPO),
                           timeout=timeout)
     seconds = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    text = "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("{"))
-    if not lines:
-        return None, f"{text}\n(exit {proc.returncode}) {proc.stderr[-1500:]}"
-    out = json.loads(lines[-1])
-    out["_bench_seconds"] = seconds
-    return out, text
+    lines = proc.stdout.splitlines()
+    for i in range(len(lines) - 1, -1, -1):  # the last JSON value, one line or indented
+        if lines[i].startswith(("{", "[")):
+            try:
+                out = json.loads("\n".join(lines[i:]))
+            except ValueError:
+                continue
+            return {"result": out, "bench_seconds": seconds} if isinstance(out, list) else {
+                **out, "_bench_seconds": seconds}, "\n".join(lines[:i])
+    return None, f"{proc.stdout[-3000:]}\n(exit {proc.returncode}) {proc.stderr[-1500:]}"
 
 
 def _commit() -> str:
@@ -67,7 +71,8 @@ def _cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--skip", nargs="*", default=[], choices=("headtohead", "generator", "pipeline", "service"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("headtohead", "generator", "pipeline", "service",
+                                                                  "first_segment", "cluster"))
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="lipserve-benchall-"))
@@ -92,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     if "service" not in a.skip:
         r, log = _json_tail(["bench/bench_service.py", "--repeats", "2"], 900)
         report["service"], _ = r, logs.append(log)
+    if "first_segment" not in a.skip:
+        r, log = _json_tail(["bench/bench_first_segment.py", "--no-service", "--seconds", "10"], 600)
+        report["first_segment"], _ = r, logs.append(log)
+    if "cluster" not in a.skip:
+        r, log = _json_tail(["bench/bench_cluster.py", "--workers", "1", "2", "--jobs", "6", "--seconds", "4"], 900)
+        report["cluster"], _ = r, logs.append(log)
     report["loadavg_end"] = os.getloadavg()
     report["summary"] = summarise(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -127,11 +138,14 @@ def summarise(r: dict) -> dict:
     sv = r.get("service") or {}
     s["replica_ready_s"] = sv.get("constructor_s")
     s["http_vs_inprocess"] = sv.get("ratio")
-    s["concurrent_jobs_throughput"] = sv.get("concurrent")
-    if s["concurrent_jobs_throughput"] is None:
-        s["concurrent_jobs_note"] = "not measured yet: bench_service.py runs one job at a time"
-    s["time_to_first_playable_segment_s"] = None
-    s["time_to_first_playable_segment_note"] = "no progressive output yet (segments are joined at the end)"
+    cl = (r.get("cluster") or {}).get("result") or []
+    s["concurrent_jobs_per_min"] = {str(row.get("workers")): row.get("jobs_per_min") for row in cl} or None
+    if not cl:
+        s["concurrent_jobs_note"] = "bench_cluster.py did not report"
+    fs = ((r.get("first_segment") or {}).get("local") or {})
+    s["time_to_first_playable_segment_s"] = fs.get("first_playable_s")
+    s["time_to_first_playable_segment_note"] = (f"10 s job, whole render {fs['job_s']:.2f} s" if fs.get("job_s")
+                                                else "bench_first_segment.py did not report")
     return s
 
 
@@ -154,8 +168,10 @@ def print_summary(r: dict) -> None:
         ("peak RSS 60 s / 10 s", _fmt(s["peak_rss_ratio_60s_vs_10s"], ".3f"), "<= 1.3"),
         ("replica ready (constructor + warm-up), s", _fmt(s["replica_ready_s"]), "<= 10"),
         ("HTTP job / in-process", _fmt(s["http_vs_inprocess"], ".3f"), "<= 1.15"),
-        ("concurrent-job throughput", _fmt(s["concurrent_jobs_throughput"]), s.get("concurrent_jobs_note", "")),
-        ("time to first playable segment, s", "null", s["time_to_first_playable_segment_note"]),
+        ("concurrent jobs/min by worker nodes", json.dumps(s["concurrent_jobs_per_min"]),
+         s.get("concurrent_jobs_note", "simulated nodes sharing this machine's cores")),
+        ("time to first playable segment, s", _fmt(s["time_to_first_playable_segment_s"]),
+         s["time_to_first_playable_segment_note"]),
     ]
     for name, value, goal in rows:
         print(f"  {name:<44} {value:>10}  {goal}")

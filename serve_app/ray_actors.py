@@ -24,6 +24,7 @@ from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
 from actors.media.encode import pick_video_codec
+from actors.resources import generator_memory, gpu_stats
 from actors.segment_writer import SegmentWriter
 from serve_app.chaos import ChaosHooks
 from serve_app.config import LipserveArgs
@@ -40,13 +41,22 @@ class GeneratorActor:
     def __init__(self, backend: str, checkpoint: str | None, device: str, batch_size: int,
                  chaos_dir: str | None = None, threads: int | None = None):
         self.generator = make_generator(backend, checkpoint, device, batch_size, threads=threads)
+        self.device = device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
         # Its own concurrency group: answers health checks while a long forward pass runs.
-        return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size}
+        return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size,
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    @ray.method(concurrency_group="control")
+    def resources(self) -> dict:
+        """Memory (peak CUDA on a GPU, else peak RSS) and the utilisation / memory of its GPUs."""
+        memory, kind = generator_memory(self.device)
+        return {"actor": f"GeneratorActor:{self.pid}", "memory_bytes": memory, "memory_kind": kind,
+                "gpus": gpu_stats([str(g) for g in ray.get_gpu_ids()])}
 
     def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         """The backend's per-frame audio features for the whole track (e.g. whisper on the GPU)."""

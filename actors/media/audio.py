@@ -27,7 +27,7 @@ from actors.errors import (
     decode_failure,
 )
 from actors.limits import MediaLimits
-from actors.media.open import open_media, reason
+from actors.media.open import declared_duration_s, open_media, reason
 
 SAMPLE_RATE = 16000
 
@@ -39,18 +39,6 @@ _DURATION_SLACK_S = 0.1
 # --------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------
-
-def _declared_duration(container, stream) -> float | None:
-    """The duration the file claims, in seconds (stream first, then container), or None if unknown."""
-    try:
-        if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-            return float(stream.duration * stream.time_base)
-    except Exception:  # pragma: no cover - defensive: odd streams without a time base
-        pass
-    if container.duration is not None and container.duration > 0:
-        return container.duration / av.time_base
-    return None
-
 
 def _open_audio(path, limits: MediaLimits):
     """Open ``path`` and pick its audio stream, checking what the headers can tell: the file
@@ -64,7 +52,7 @@ def _open_audio(path, limits: MediaLimits):
                 f"{name}: no audio stream (streams present: {', '.join(kinds)})", path=p)
         stream = container.streams.best("audio") or container.streams.audio[0]
         max_s = float(limits.max_duration_s)
-        declared = _declared_duration(container, stream)
+        declared = declared_duration_s(container, stream)
         if declared is not None and declared > max_s + _DURATION_SLACK_S:
             raise MediaTooLongError(
                 f"{name}: audio is {declared:.2f} s long, over the limit of {max_s:g} s", path=p)
@@ -74,17 +62,19 @@ def _open_audio(path, limits: MediaLimits):
     return container, stream
 
 
-def probe_audio(path, limits: MediaLimits | None = None) -> None:
+def probe_audio(path, limits: MediaLimits | None = None) -> float | None:
     """Cheap submission-time check: the header checks of :func:`decode_audio` plus decoding up to
     the first samples (so empty or undecodable audio is caught) without decoding the whole file.
-    A header without a duration is checked against the limit only when the job decodes it."""
+    A header without a duration is checked against the limit only when the job decodes it.
+    Returns the declared duration in seconds (None when the header has none)."""
     p, name = str(path), os.fspath(path)
     container, stream = _open_audio(path, limits or MediaLimits())
     with container:
+        declared = declared_duration_s(container, stream)
         try:
             for frame in container.decode(stream):
                 if frame.samples > 0:
-                    return
+                    return declared
         except av.error.FFmpegError as exc:
             raise decode_failure(exc, f"{name}: audio could not be decoded ({reason(exc)})", p) from exc
     raise EmptyAudioError(f"{name}: the audio stream holds no samples", path=p)

@@ -42,7 +42,7 @@ def open_media(path: str | os.PathLike):
         container = av.open(p, mode="r", options=dict(_OPTIONS))
     except (av.error.PermissionError, av.error.ArgumentError) as exc:
         # What the whitelists answer for a demuxer or protocol they refuse (EPERM / EINVAL).
-        raise UnreadableFileError(f"{p}: not a media file of an accepted kind ({ACCEPTED}; playlists and "
+        raise UnreadableFileError(f"{p}: not an audio or video file of an accepted kind ({ACCEPTED}; playlists and "
                                   "lists of other files are refused)", path=p) from exc
     except av.error.FFmpegError as exc:
         raise decode_failure(exc, f"{p}: not a readable media file ({reason(exc)})", p) from exc
@@ -52,3 +52,15 @@ def open_media(path: str | os.PathLike):
         container.close()
         raise UnreadableFileError(f"{p}: {container.format.name} files are not accepted", path=p)
     return container
+
+
+def declared_duration_s(container, stream) -> float | None:
+    """The duration the file claims, in seconds (stream first, then container), or None if unknown."""
+    try:
+        if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+            return float(stream.duration * stream.time_base)
+    except Exception:  # pragma: no cover - defensive: odd streams without a time base
+        pass
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from actors.errors import ModelLoadError
+from actors.models.files import resolve_torch_device
 from actors.models.wav2lip import (
     FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, OUT_SHAPE, Wav2Lip, check_model_path, model_from_state,
     read_torch_checkpoint,
@@ -117,16 +118,6 @@ class OnnxWav2LipRunner(Wav2LipRunner):
         return np.asarray(out, dtype=np.float32)
 
 
-def _resolve_torch_device(device: str) -> str:
-    device = (device or "cpu").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %r requested but CUDA is not available to torch; running Wav2Lip on CPU", device)
-        return "cpu"
-    return device
-
-
 def cpu_session_options(ort, threads: int | None, spin: bool = False):
     """onnxruntime options for a CPU-bound generator that shares its machine with a writer.
 
@@ -217,7 +208,7 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | No
         raise ModelLoadError(f"device 'openvino' runs ONNX models only; export {p.name} first (lipserve export-onnx)",
                              path=str(p))
     model = model_from_state(read_torch_checkpoint(p), p)
-    device = _resolve_torch_device(device)
+    device = resolve_torch_device(device, "Wav2Lip")
     if threads and device == "cpu":
         torch.set_num_threads(int(threads))  # per process: the generator owns its actor's CPUs
     return TorchWav2LipRunner(p, model, device)

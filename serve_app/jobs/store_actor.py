@@ -11,6 +11,8 @@ records survive in the file. ``job_store: postgres`` removes the head node from 
 
 from __future__ import annotations
 
+import threading
+
 import ray
 
 from serve_app.jobs.sqlite_store import SqliteJobStore
@@ -52,19 +54,27 @@ class RemoteJobStore:
         call.__name__ = name
         return call
 
+    def wait_for_work(self, timeout: float) -> bool:
+        # No events cross the actor boundary (a blocking call would stall the single-threaded
+        # actor for everyone): a plain poll timeout, as the protocol allows.
+        threading.Event().wait(max(0.0, float(timeout)))
+        return False
+
     def close(self) -> None:  # the actor outlives its clients
         pass
 
 
-def store_actor(database_path: str):
-    """Get or create the cluster's store actor (pinned to the head node, detached, restartable)."""
-    return ray.remote(JobStoreService).options(
-        name=STORE_ACTOR_NAME,
-        namespace=STORE_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=5,  # calls caught by a restart are re-sent to the new process
-        num_cpus=0,
-        resources={"node:__internal_head__": 0.001},
-    ).remote(database_path)
+def actor_options(settings=None) -> dict:
+    """The store actor's Ray options, from ``LipserveArgs.store_actor`` (defaults without one)."""
+    pin = getattr(settings, "pin_to_head", True)
+    opts = {"name": STORE_ACTOR_NAME, "namespace": STORE_NAMESPACE, "lifetime": "detached", "get_if_exists": True,
+            "max_restarts": getattr(settings, "max_restarts", -1),
+            "max_task_retries": getattr(settings, "max_task_retries", 5), "num_cpus": 0}
+    if pin:
+        opts["resources"] = {"node:__internal_head__": 0.001}
+    return opts
+
+
+def store_actor(database_path: str, settings=None):
+    """Get or create the cluster's store actor (detached, restartable, on the head by default)."""
+    return ray.remote(JobStoreService).options(**actor_options(settings)).remote(database_path)
