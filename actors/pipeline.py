@@ -33,6 +33,8 @@ class RenderOptions:
     backend: str = "default"
     checkpoint: str | None = None
     device: str = "cpu"
+    batch_size: int = 32  # generator frames per forward pass
+    threads: int | None = None  # generator CPU threads; None = the runtime's default (every core)
     mode: str = "pingpong"  # or "loop": how the template covers audio longer than it
     box: tuple[int, int, int, int] | None = None
     detector_model: str | None = None
@@ -71,7 +73,9 @@ class LocalRenderer:
 
     def __init__(self, options: RenderOptions | None = None, generator=None):
         self.options = options or RenderOptions()
-        self.generator = generator or make_generator(self.options.backend, self.options.checkpoint, self.options.device)
+        self.generator = generator or make_generator(self.options.backend, self.options.checkpoint,
+                                                     self.options.device, self.options.batch_size,
+                                                     threads=self.options.threads)
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 

@@ -40,8 +40,8 @@ class GeneratorActor:
     """Loads the generator once; runs batched forward passes over face crops + mel windows."""
 
     def __init__(self, backend: str, checkpoint: str | None, device: str, batch_size: int,
-                 chaos_dir: str | None = None):
-        self.generator = make_generator(backend, checkpoint, device, batch_size)
+                 chaos_dir: str | None = None, threads: int | None = None):
+        self.generator = make_generator(backend, checkpoint, device, batch_size, threads=threads)
         self.device = device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
@@ -125,6 +125,14 @@ class WriterActor:
         return out_path
 
 
+def generator_threads(args: LipserveArgs) -> int:
+    """Forward-pass threads of the generator actor: ``generator.threads``, else its ``num_cpus``
+    rounded (at least 1). Ray does not pin CPUs, so without this onnxruntime / torch would start one
+    thread per core of the node and compete with the writers for them."""
+    g = args.generator
+    return int(g.threads) if g.threads else max(1, int(round(g.num_cpus)))
+
+
 def generator_actor_options(args: LipserveArgs) -> dict:
     g, f = args.generator, args.actor_faults
     return {"num_cpus": g.num_cpus, "num_gpus": g.num_gpus, "max_restarts": f.max_restarts,
@@ -147,7 +155,8 @@ def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
     """One generator actor and the writer pool of a pipeline replica; they die with it."""
     g, w = args.generator, args.writer
     generator = ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
-        **generator_actor_options(args)).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir)
+        **generator_actor_options(args)).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir,
+                                        generator_threads(args))
     codec = pick_video_codec(w.prefer_nvenc)
     writers = [
         ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(**writer_actor_options(args)).remote(

@@ -8,11 +8,13 @@ BACKENDS = ("default", "mouth_warp", "wav2lip")
 
 
 def make_generator(backend: str = "default", checkpoint: str | None = None, device: str = "cpu",
-                   batch_size: int = 32):
+                   batch_size: int = 32, threads: int | None = None):
     """Build the generator named by ``backend``.
 
     ``default`` is the weight-free mouth warp, so a fresh machine renders without any download.
     ``wav2lip`` loads a user-supplied checkpoint (.pth/.pt in torch, .onnx in onnxruntime).
+    ``threads``: CPU threads the forward pass may use (None: the runtime's default, every core);
+    the service sizes it to the generator actor's ``num_cpus``.
     """
     if backend in ("default", "mouth_warp"):
         from actors.generators.mouth_warp import MouthWarpGenerator
@@ -23,5 +25,5 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
             raise InvalidParameterError("backend 'wav2lip' needs a checkpoint path (--checkpoint X.pth or X.onnx)")
         from actors.generators.wav2lip import Wav2LipGenerator
 
-        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size)
+        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size, threads=threads)
     raise InvalidParameterError(f"unknown generator backend {backend!r}; choose one of {', '.join(BACKENDS)}")
