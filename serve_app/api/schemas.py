@@ -44,6 +44,7 @@ class AttemptView(BaseModel):
     ended_at: float | None = None
     error: ErrorInfo | None = None
     released: bool = False
+    resources: AttemptResources | None = Field(None, description="what the attempt used (memory, frames/s per stage)")
     owner: str | None = Field(None, description="admin keys only")
     incidents: list[Incident] | None = Field(None, description="admin keys only")
 
