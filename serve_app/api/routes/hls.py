@@ -10,10 +10,12 @@ key as ``?access_token=`` on these routes only (``serve_app/api/auth.py``).
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from actors.errors import NotFoundError, ResultNotReadyError
 from actors.media import hls
@@ -25,6 +27,10 @@ from serve_app.jobs.records import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["live stream"])
 
+
+class PlaylistResponse(Response):
+    media_type = hls.MIME_PLAYLIST
+
 # The playlist grows: always revalidate. Segments never change once listed.
 _PLAYLIST_HEADERS = {"Cache-Control": "no-cache"}
 _SEGMENT_HEADERS = {"Cache-Control": "private, max-age=3600"}
@@ -34,7 +40,7 @@ QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 _ACCESS_TOKEN = Query(None, description="The API key, for players that cannot send an Authorization header")
 
 
-@router.get("/{job_id}/hls/index.m3u8", response_class=FileResponse, responses=responses(401, 404, 409),
+@router.get("/{job_id}/hls/index.m3u8", response_class=PlaylistResponse, responses=responses(401, 404, 409),
             summary="Live HLS playlist (EVENT, fMP4 segments); 409 result_not_ready until the first segment")
 async def playlist(job_id: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
                    svc: ApiServices = Depends(services)):
@@ -47,7 +53,10 @@ async def playlist(job_id: str, request: Request, access_token: str | None = _AC
         else:
             err = ResultNotReadyError(f"job {job_id} is {rec.status}; no segment is playable yet")
         raise err
-    return FileResponse(path, media_type=hls.MIME_PLAYLIST, headers=_PLAYLIST_HEADERS)
+    # Read whole, not streamed: the playlist is replaced (atomically) as segments finish, and a file
+    # response that stat()s one version and sends another would cut the body short.
+    body = await asyncio.to_thread(path.read_bytes)
+    return PlaylistResponse(body, headers=_PLAYLIST_HEADERS)
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse, responses=responses(401, 404),
