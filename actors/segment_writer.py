@@ -2,7 +2,7 @@
 
 This is the core of ``WriterActor``. It decodes the template frames a segment needs itself (full
 frames never travel between processes: only the small generated crops do), pastes the crops back
-with the feathered lower-face mask, and encodes a closed-GOP H.264 segment. Writing the same segment
+with the avatar's crop geometry (the backend's own blend mask), and encodes a closed-GOP H.264 segment. Writing the same segment
 twice produces the same file, atomically replaced, so a retried call is harmless.
 """
 
@@ -15,7 +15,6 @@ from typing import Iterator
 import numpy as np
 
 from actors.avatar import Avatar
-from actors.compose import composite
 from actors.errors import InvalidParameterError
 from actors.media.template import iter_frames
 from actors.media.encode import encode_segment
@@ -71,7 +70,7 @@ class SegmentWriter:
         for src, has_face in zip(sources.tolist(), present.tolist()):
             frame = frames[src]
             if has_face:
-                frame = composite(frame, boxes[src], generated[k], color_match=self.color_match)
+                frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match)
                 k += 1
             yield np.ascontiguousarray(frame[:h, :w])
 

@@ -29,6 +29,13 @@ from serve_app.ray_stages import RayStages, unwrap_ray_error
 log = logging.getLogger("lipserve.job_runner")
 
 
+def avatar_params(actors: PipelineActors, backend: str, box, args: LipserveArgs) -> AvatarParams:
+    """The avatar a job of ``backend`` needs: cut with that generator's declared geometry."""
+    geometry = actors.geometries[backend]
+    return AvatarParams(crop_size=geometry.crop_size, box=box, detector_model=args.detector_model,
+                        max_gap_s=args.max_face_gap_s, geometry=geometry)
+
+
 def drive_policy(args: LipserveArgs) -> DrivePolicy:
     j = args.jobs
     return DrivePolicy(max_inflight=j.max_inflight_segments, stuck_factor=j.stuck_factor, min_stuck_s=j.min_stuck_s,
@@ -71,7 +78,6 @@ class JobRunner:
         self.store = store
         self.storage = storage
         self.actors = actors
-        self.stages = RayStages(actors)
         self.owner = owner
         self.metrics = metrics
 
@@ -95,7 +101,7 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
 
-    def _request(self, job: JobRecord) -> RenderRequest:
+    def _request(self, job: JobRecord, backend: str) -> RenderRequest:
         p = job.params
         result = str(self.storage.result_path(job.id))
         return RenderRequest(
@@ -103,16 +109,18 @@ class JobRunner:
             # Per attempt: a lapsed owner still finishing cannot clobber its successor's result.
             out_path=f"{result}.{self.owner.rsplit(':', 1)[-1]}-{len(job.attempts)}.partial.mp4",
             work_dir=str(self.storage.segments_dir(job.id)), mode="pingpong" if p.pingpong else "loop",
-            avatar=AvatarParams(crop_size=self.actors.crop_size, box=p.box, detector_model=self.args.detector_model),
+            avatar=avatar_params(self.actors, backend, p.box, self.args),
             segment_frames=self.args.writer.segment_frames)
 
     async def run(self, job: JobRecord) -> JobRecord:
         state = AttemptState(progress=job.progress)
         heartbeat = asyncio.create_task(self._heartbeat(job.id, state))
-        driver = SegmentDriver(self.stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
         try:
+            # The job's backend picks its generator actor; everything else is shared.
+            stages = RayStages(self.actors, job.params.backend)
+            driver = SegmentDriver(stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
             t0 = time.perf_counter()
-            result = await driver.render(self._request(job))
+            result = await driver.render(self._request(job, stages.backend))
             if self.metrics:
                 self.metrics.fps.set(result.plan.n_out / max(1e-6, time.perf_counter() - t0))
                 self.metrics.frames_generated(result.plan.n_out)

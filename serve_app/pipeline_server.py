@@ -1,7 +1,7 @@
 """The pipeline deployment: one replica runs jobs through the stages on its Ray actors.
 
-A plain class; ``serve_app/app.py`` turns it into a Serve deployment with ``deployment_options(args)``. Its constructor creates the ``GeneratorActor`` and the ``WriterActor`` pool and runs
-the warm-up job, so Serve sends it traffic only once it has rendered a real (tiny) video.
+A plain class; ``serve_app/app.py`` turns it into a Serve deployment with ``deployment_options(args)``. Its constructor creates a ``GeneratorActor`` per served backend and the ``WriterActor`` pool and
+runs the warm-up job of each backend, so Serve sends it traffic only once it has rendered a real (tiny) video.
 """
 
 from __future__ import annotations
@@ -101,16 +101,19 @@ class PipelineServer:
 
     async def actor_pids(self) -> dict:
         """For operators and the chaos tests: which processes this replica's actors run in."""
-        gen = await self.actors.generator.info.remote()
+        gens = await asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()])
         writers = await asyncio.gather(*[w.ping.remote() for w in self.actors.writers])
-        return {"replica_pid": os.getpid(), "generator": gen["pid"], "writers": list(writers),
+        generators = {name: info["pid"] for name, info in zip(self.actors.generators, gens)}
+        return {"replica_pid": os.getpid(), "generator": generators[self.actors.default_backend],
+                "generators": generators, "writers": list(writers),
                 "replica_actor": ray.get_runtime_context().get_actor_name()}
 
     async def check_health(self) -> None:
         # Async, so it runs on the event loop without blocking behind jobs; actors must answer.
         try:
             await asyncio.wait_for(
-                asyncio.gather(self.actors.generator.info.remote(), *[w.ping.remote() for w in self.actors.writers]),
+                asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()],
+                               *[w.ping.remote() for w in self.actors.writers]),
                 timeout=self.args.pipeline.health_check_timeout_s * 0.8,
             )
         except ray.exceptions.ActorUnavailableError:

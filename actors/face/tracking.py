@@ -16,6 +16,12 @@ A frame is *present* when the face was found at its key frame, or, for a frame b
 frames, when it was found at both of them. Frames that are not present keep the nearest known box
 (or zeros, when the face was never found) in ``boxes`` so that the array is always usable, but those
 boxes must not be used for compositing: callers pass such frames through unchanged.
+
+*Tracking gaps*: a detector misses the odd frame (a turned head, motion blur), and a missed frame
+passed through un-synced freezes the mouth mid-speech. So a run of frames without a face of at most
+``max_gap`` frames is filled before smoothing: between two found faces with boxes interpolated
+linearly from the last box before the gap to the first after it; at the start or the end of the
+clip with the nearest box held. Only a face gone for longer than that stays absent.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 
 from actors.errors import InvalidParameterError, NoFaceError
 
-__all__ = ["FaceTrack", "track_faces", "boxes_from_override", "box_iou"]
+__all__ = ["FaceTrack", "track_faces", "boxes_from_override", "box_iou", "fill_gaps"]
 
 
 @dataclass
@@ -43,6 +49,7 @@ class FaceTrack:
     present: np.ndarray
     detections: int = 0
     frame_size: tuple[int, int] | None = field(default=None)
+    gap_frames: int = 0  # frames made present by gap filling (interpolated or held boxes)
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -154,13 +161,39 @@ def _smooth(boxes: np.ndarray, present: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def fill_gaps(boxes: np.ndarray, present: np.ndarray, max_gap: int) -> int:
+    """Fill runs of absent frames of at most ``max_gap`` frames, in place (see the module
+    docstring); returns how many frames were filled. A clip with no face at all stays as it is."""
+    n = len(present)
+    max_gap = int(max_gap)
+    if max_gap <= 0 or n == 0 or present.all() or not present.any():
+        return 0
+    absent = np.flatnonzero(~present)
+    breaks = np.flatnonzero(np.diff(absent) > 1) + 1
+    filled = 0
+    for run in np.split(absent, breaks):
+        a, b = int(run[0]), int(run[-1]) + 1  # absent frames [a, b)
+        if b - a > max_gap:
+            continue
+        if a > 0 and b < n:  # between two found faces: interpolate
+            t = (np.arange(a, b, dtype=np.float32) - (a - 1))[:, None] / np.float32(b - (a - 1))
+            boxes[a:b] = (1 - t) * boxes[a - 1][None] + t * boxes[b][None]
+        else:  # at an end of the clip: hold the nearest box
+            boxes[a:b] = boxes[b] if a == 0 else boxes[a - 1]
+        present[a:b] = True
+        filled += b - a
+    return filled
+
+
 def track_faces(frames: Iterable[np.ndarray], detector, detect_every: int = 5, smooth_window: int = 5,
-                path: str | None = None, *, require_face: bool = True, min_iou: float = 0.2,
+                path: str | None = None, *, max_gap: int = 0, require_face: bool = True, min_iou: float = 0.2,
                 max_shift: float = 1.0, max_scale: float = 1.6, reacquire_after: int = 3) -> FaceTrack:
     """Detect and follow the main face through ``frames`` (BGR uint8 arrays, consumed lazily).
 
     ``detect_every``: run the detector on frames 0, k, 2k, ... and on the last frame.
     ``smooth_window``: centred moving-average length in frames (1 or 0: no smoothing).
+    ``max_gap``: runs of at most this many frames without a face get interpolated or held boxes
+    (0: none; the avatar cache passes ``AvatarParams.max_gap_s`` x fps).
     ``path``: the template's path, for error messages.
     ``require_face``: raise :class:`NoFaceError` when no frame has a face (or there are no frames);
     with ``False`` an all-absent (possibly empty) track is returned instead.
@@ -172,6 +205,8 @@ def track_faces(frames: Iterable[np.ndarray], detector, detect_every: int = 5, s
         raise InvalidParameterError(f"detect_every must be >= 1, got {detect_every}", path=path)
     if int(smooth_window) < 0:
         raise InvalidParameterError(f"smooth_window must be >= 0, got {smooth_window}", path=path)
+    if int(max_gap) < 0:
+        raise InvalidParameterError(f"max_gap must be >= 0, got {max_gap}", path=path)
     k = int(detect_every)
     chooser = _MainFace(min_iou, max_shift, max_scale, max(1, int(reacquire_after)))
     key_idx: list[int] = []
@@ -217,9 +252,10 @@ def track_faces(frames: Iterable[np.ndarray], detector, detect_every: int = 5, s
             raise NoFaceError(f"{what} (detector ran on {runs} frames)", path=path, stage="face")
         return FaceTrack(boxes, present, runs, frame_size)
 
+    filled = fill_gaps(boxes, present, max_gap)
     boxes = _smooth(boxes, present, smooth_window)
     _fill_absent(boxes, present)
-    return FaceTrack(boxes, present, runs, frame_size)
+    return FaceTrack(boxes, present, runs, frame_size, gap_frames=filled)
 
 
 def _fill_absent(boxes: np.ndarray, present: np.ndarray) -> None:

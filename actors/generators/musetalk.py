@@ -11,15 +11,18 @@ The crop geometry the avatar code must use is in :mod:`actors.generators.musetal
 
 from __future__ import annotations
 
+import hashlib
 import os
 from fractions import Fraction
 
 import numpy as np
 import torch
 
+from actors.crop_geometry import MuseTalkGeometry
 from actors.errors import InvalidParameterError
 from actors.generators.musetalk_crop import CROP_SIZE
 from actors.models.musetalk.audio_windows import frame_windows
+from actors.models.musetalk import files
 from actors.models.musetalk.loader import load_musetalk
 from actors.models.musetalk.vae import crops_to_vae_input, decode_to_crops, encode_mean
 
@@ -36,6 +39,7 @@ class MuseTalkGenerator:
 
     name = "musetalk"
     crop_size = CROP_SIZE
+    crop_geometry = MuseTalkGeometry()
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", batch_size: int = 8,
                  dtype: str | torch.dtype | None = None):
@@ -45,6 +49,7 @@ class MuseTalkGenerator:
         self.models = load_musetalk(models_dir, device=device, dtype=dtype)
         self.device = self.models.device
         self.dtype = self.models.dtype
+        self.latent_key = _latent_key(models_dir, self.dtype)
         self.feature_shape = tuple(self.models.position_encoding.shape)  # (50, d_model)
         self._timestep = torch.zeros(1, dtype=torch.long, device=self.device)
 
@@ -118,3 +123,16 @@ class MuseTalkGenerator:
 
     def __repr__(self) -> str:
         return f"MuseTalkGenerator(device={self.device!r}, dtype={str(self.dtype).replace('torch.', '')!r})"
+
+
+def _latent_key(models_dir: str | os.PathLike, dtype: torch.dtype) -> str:
+    """Names the reference latents this VAE makes: cached latents are reused only by the same VAE
+    weights (size + mtime + config content) at the same precision."""
+    h = hashlib.sha256()
+    for rel in (files.VAE_CONFIG, files.VAE_WEIGHTS):
+        path = files.resolve(models_dir, rel)
+        st = path.stat()
+        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    h.update(files.resolve(models_dir, files.VAE_CONFIG).read_bytes())
+    h.update(str(dtype).encode())
+    return h.hexdigest()[:16]

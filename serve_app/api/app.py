@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from serve_app.api.duix.routes import router as duix_router
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.routes.avatars import router as avatars_router
+from serve_app.api.routes.backends import router as backends_router
 from serve_app.api.routes.health import router as health_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
@@ -26,6 +27,7 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     install_error_handlers(api)
     api.include_router(jobs_router)
     api.include_router(avatars_router)
+    api.include_router(backends_router)
     api.include_router(health_router)
     api.include_router(duix_router)
     return api

@@ -72,6 +72,13 @@ class AvatarView(BaseModel):
     frames: int
 
 
+class BackendList(BaseModel):
+    """The generator backends this deployment serves (what a job's ``backend`` may name)."""
+
+    backends: list[str] = Field(description="served backends, the default first")
+    default: str = Field(description="the backend of jobs that name none")
+
+
 class Health(BaseModel):
     status: str
 
