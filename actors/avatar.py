@@ -88,6 +88,17 @@ class Avatar:
         """uint8[n, S, S, 3] face crops, memory-mapped read-only (zeros where no face)."""
         return np.load(os.path.join(self.directory, "crops.npy"), mmap_mode="r")
 
+    def paste_mask(self, i: int) -> np.ndarray | None:
+        """Template frame ``i``'s stored paste mask (uint8 square), for geometries whose mask
+        depends on the frame (``CropGeometry.make_masker``); None for the others."""
+        offsets_path = os.path.join(self.directory, "mask_offsets.npy")
+        if not os.path.exists(offsets_path):
+            return None
+        offsets = np.load(offsets_path)
+        flat = np.load(os.path.join(self.directory, "masks.npy"), mmap_mode="r")
+        side = int(round(float(np.sqrt(offsets[i + 1] - offsets[i]))))
+        return np.asarray(flat[offsets[i]:offsets[i + 1]]).reshape(side, side)
+
     def latents(self, name: str) -> np.ndarray:
         """A backend's cached per-frame reference latents (``actors/avatar_latents.py``), memory-mapped."""
         return np.load(os.path.join(self.directory, name), mmap_mode="r")
@@ -171,16 +182,28 @@ class AvatarCache:
         try:
             S = geometry.crop_size
             boxes = np.zeros((n, 4), np.int32)
+            for i in np.flatnonzero(present[:n]):
+                boxes[i] = geometry.crop_box(track_boxes[i], info.width, info.height)
             crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+            masker = geometry.make_masker()
+            if masker is not None:  # frame-dependent paste masks: ragged, one square per frame
+                sides = np.array([geometry.mask_side(b) if present[i] else 0 for i, b in enumerate(boxes)], np.int64)
+                offsets = np.concatenate([[0], np.cumsum(sides * sides)])
+                np.save(tmp / "mask_offsets.npy", offsets)
+                masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                                  shape=(int(offsets[-1]),))
             for i, frame in iter_frames(video_path, stop=n):
                 if i >= n:
                     break
                 if present[i]:
-                    box = geometry.crop_box(track_boxes[i], frame.shape[1], frame.shape[0])
-                    boxes[i] = box
-                    crops[i] = geometry.extract(frame, box)
+                    crops[i] = geometry.extract(frame, boxes[i])
+                    if masker is not None:
+                        masks[offsets[i]:offsets[i + 1]] = masker(frame, boxes[i]).reshape(-1)
             crops.flush()
             del crops
+            if masker is not None:
+                masks.flush()
+                del masks
             np.save(tmp / "boxes.npy", boxes)
             np.save(tmp / "present.npy", np.asarray(present[:n], bool))
             faces_found = int(np.count_nonzero(present[:n]))

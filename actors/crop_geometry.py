@@ -11,7 +11,10 @@ they travel to the writer processes inside ``AvatarParams`` / ``Avatar``.
 * :class:`MuseTalkGeometry` - MuseTalk 1.5's: a non-square nose-anchored box
   (``actors/generators/musetalk_crop.py``), Lanczos to 256x256, pasted back bilinear into the
   reference's 1.5x blend square through its feathered lower-half alpha
-  (``actors/face/musetalk_blend.py``); no colour transfer (the reference has none).
+  (``actors/face/musetalk_blend.py``); no colour transfer (the reference has none). With BiSeNet
+  weights (``parsing_dir``) the alpha follows the parsed face (``jaw`` mode): it depends on the
+  frame, so the avatar cache computes it once per template frame (``make_masker``) and the writer
+  pastes with the stored mask.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ class CropGeometry(Protocol):
     def crop_box(self, face_box: Sequence[float], frame_w: int, frame_h: int) -> Box: ...
     def extract(self, frame: np.ndarray, box: Sequence[int]) -> np.ndarray: ...
     def paste(self, frame: np.ndarray, box: Sequence[int], generated: np.ndarray, *,
-              color_match: bool = True) -> np.ndarray: ...
+              color_match: bool = True, mask: np.ndarray | None = None) -> np.ndarray: ...
     def describe(self) -> dict: ...
+    # Per-frame paste masks, for geometries whose mask depends on the frame's content: None, or a
+    # function (frame, box) -> uint8[side, side] with side = mask_side(box), run at avatar build.
+    def make_masker(self): ...
+    def mask_side(self, box: Sequence[int]) -> int: ...
 
 
 def _describe(geometry) -> dict:
@@ -62,11 +69,17 @@ class PaddedBoxGeometry:
     def extract(self, frame, box) -> np.ndarray:
         return extract_crop(frame, box, self.crop_size)
 
-    def paste(self, frame, box, generated, *, color_match: bool = True) -> np.ndarray:
+    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None) -> np.ndarray:
         return composite(frame, box, generated, color_match=color_match)
 
     def describe(self) -> dict:
         return _describe(self)
+
+    def make_masker(self):
+        return None  # the feathered ellipse depends on the box size only
+
+    def mask_side(self, box) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class MuseTalkGeometry:
     nose_mid_fraction: float = 0.39
     extra_margin: int = 10
     blur_ratio: float = 0.05
+    parsing_dir: str | None = None  # models dir holding face-parse-bisent/79999_iter.pth
+    parsing_mode: str = "jaw"
 
     def __post_init__(self):
         from actors.generators.musetalk_crop import CROP_SIZE
@@ -97,12 +112,39 @@ class MuseTalkGeometry:
 
         return musetalk_extract(frame, box)
 
-    def paste(self, frame, box, generated, *, color_match: bool = True) -> np.ndarray:
+    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None) -> np.ndarray:
         # The reference pastes without a colour transfer; ``color_match`` is the writer's default
         # for the padded geometry and does not apply here.
         from actors.face.musetalk_blend import blend_mask, paste
 
-        return paste(frame, generated, box, blend_mask(frame, box, None, blur_ratio=self.blur_ratio))
+        if mask is not None:
+            alpha = np.asarray(mask, np.float32) / np.float32(255.0)
+        else:
+            alpha = blend_mask(frame, box, None, blur_ratio=self.blur_ratio)
+        return paste(frame, generated, box, alpha)
 
     def describe(self) -> dict:
         return _describe(self)
+
+    def make_masker(self):
+        """Without parsing weights None (the feathered lower half depends on the box only); with
+        them a function giving the frame's parsed blend alpha as uint8 (the reference blends with
+        a uint8 mask too, so storing it loses nothing). Loads BiSeNet once per call."""
+        if self.parsing_dir is None:
+            return None
+        from actors.face.musetalk_blend import blend_mask
+        from actors.face.parsing_mask import FaceParser
+        from actors.models.bisenet import load_bisenet
+
+        parser = FaceParser(load_bisenet(self.parsing_dir))
+
+        def mask(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
+            alpha = blend_mask(frame, box, parser, self.parsing_mode, self.blur_ratio)
+            return np.rint(alpha * 255.0).astype(np.uint8)
+
+        return mask
+
+    def mask_side(self, box) -> int:
+        from actors.face.musetalk_blend import blend_square
+
+        return 2 * blend_square(box)[1]

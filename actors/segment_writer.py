@@ -70,7 +70,8 @@ class SegmentWriter:
         for src, has_face in zip(sources.tolist(), present.tolist()):
             frame = frames[src]
             if has_face:
-                frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match)
+                frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match,
+                                              mask=avatar.paste_mask(src))
                 k += 1
             yield np.ascontiguousarray(frame[:h, :w])
 

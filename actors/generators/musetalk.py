@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +51,13 @@ class MuseTalkGenerator:
         self.device = self.models.device
         self.dtype = self.models.dtype
         self.latent_key = _latent_key(models_dir, self.dtype)
+        if (Path(models_dir) / files.FACE_PARSING_WEIGHTS).is_file():
+            # BiSeNet parsing masks for the blend (jaw mode); loaded once here so a bad file fails
+            # now, with its name, rather than in the first avatar build.
+            from actors.models.bisenet import load_bisenet
+
+            load_bisenet(models_dir)
+            self.crop_geometry = MuseTalkGeometry(parsing_dir=str(Path(models_dir).resolve()))
         self.feature_shape = tuple(self.models.position_encoding.shape)  # (50, d_model)
         self._timestep = torch.zeros(1, dtype=torch.long, device=self.device)
 

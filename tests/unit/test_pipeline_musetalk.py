@@ -86,3 +86,32 @@ def test_cached_latents_path_matches_the_plain_path_at_30_fps(models_dir, media,
     assert not list((tmp_path / "cache-plain").glob("*/latents-*.npy"))
     assert len(outputs["latents"]) == len(outputs["plain"]) == summary.frames
     assert min(psnr(a, b) for a, b in zip(outputs["latents"], outputs["plain"])) > 45
+
+
+def test_face_parsing_masks_are_cached_and_used(models_dir, media, tmp_path):
+    import shutil
+
+    from actors.avatar import AvatarCache
+    from actors.face.musetalk_blend import blend_mask
+    from actors.models.bisenet import write_random_bisenet
+    from actors.models.musetalk.files import FACE_PARSING_WEIGHTS
+    from actors.pipeline import avatar_params_for
+
+    with_parser = tmp_path / "models"
+    shutil.copytree(models_dir, with_parser)
+    write_random_bisenet(with_parser / FACE_PARSING_WEIGHTS)
+    gen = make_generator("musetalk", str(with_parser), batch_size=4)
+    assert gen.crop_geometry.parsing_dir == str(with_parser.resolve())
+    opts = RenderOptions(box=BOX, cache_dir=str(tmp_path / "cache"), segment_frames=20)
+    avatar = AvatarCache(opts.cache_dir).get_or_build(media["t25"], avatar_params_for(opts, gen.crop_geometry))
+    plain = AvatarCache(tmp_path / "cache-plain").get_or_build(
+        media["t25"], avatar_params_for(opts, make_generator("musetalk", str(models_dir)).crop_geometry))
+    assert avatar.key != plain.key and plain.paste_mask(0) is None
+    frame = decode_video(media["t25"])[3]
+    box = avatar.boxes()[3]
+    stored = avatar.paste_mask(3)
+    # the stored mask is the parsed blend alpha of that frame, not the box-only feather
+    assert stored.shape == blend_mask(frame, box).shape
+    assert not np.array_equal(stored, np.rint(blend_mask(frame, box) * 255).astype(np.uint8))
+    summary = LocalRenderer(opts, generator=gen).render(str(media["audio"]), str(media["t25"]), str(tmp_path / "o.mp4"))
+    assert summary.frames == len(decode_video(tmp_path / "o.mp4"))
