@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from actors.errors import InvalidParameterError, ModelLoadError
+from actors.face.boxes import box_iou
 
 __all__ = [
     "FaceDetector",
@@ -104,18 +105,12 @@ def _nms(rows: np.ndarray, iou: float | None) -> np.ndarray:
         return rows
     # Greedy NMS, highest score first.
     b = rows[:, :4].astype(np.float64)
-    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     order = np.argsort(-rows[:, 4], kind="stable")
     keep: list[int] = []
     while len(order):
         i, rest = int(order[0]), order[1:]
         keep.append(i)
-        ix = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
-        iy = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
-        inter = ix * iy
-        union = area[i] + area[rest] - inter
-        overlap = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[overlap <= iou]
+        order = rest[box_iou(b[i], b[rest]) <= iou]
     return rows[np.sort(np.asarray(keep, np.int64))]
 
 

@@ -27,7 +27,7 @@ from actors.errors import (
     decode_failure,
 )
 from actors.limits import MediaLimits
-from actors.media.open import open_media, reason
+from actors.media.open import declared_duration_s, open_media, reason
 
 SAMPLE_RATE = 16000
 
@@ -39,18 +39,6 @@ _DURATION_SLACK_S = 0.1
 # --------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------
-
-def _declared_duration(container, stream) -> float | None:
-    """The duration the file claims, in seconds (stream first, then container), or None if unknown."""
-    try:
-        if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-            return float(stream.duration * stream.time_base)
-    except Exception:  # pragma: no cover - defensive: odd streams without a time base
-        pass
-    if container.duration is not None and container.duration > 0:
-        return container.duration / av.time_base
-    return None
-
 
 def _open_audio(path, limits: MediaLimits):
     """Open ``path`` and pick its audio stream, checking what the headers can tell: the file
@@ -64,7 +52,7 @@ def _open_audio(path, limits: MediaLimits):
                 f"{name}: no audio stream (streams present: {', '.join(kinds)})", path=p)
         stream = container.streams.best("audio") or container.streams.audio[0]
         max_s = float(limits.max_duration_s)
-        declared = _declared_duration(container, stream)
+        declared = declared_duration_s(container, stream)
         if declared is not None and declared > max_s + _DURATION_SLACK_S:
             raise MediaTooLongError(
                 f"{name}: audio is {declared:.2f} s long, over the limit of {max_s:g} s", path=p)

@@ -52,3 +52,15 @@ def open_media(path: str | os.PathLike):
         container.close()
         raise UnreadableFileError(f"{p}: {container.format.name} files are not accepted", path=p)
     return container
+
+
+def declared_duration_s(container, stream) -> float | None:
+    """The duration the file claims, in seconds (stream first, then container), or None if unknown."""
+    try:
+        if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+            return float(stream.duration * stream.time_base)
+    except Exception:  # pragma: no cover - defensive: odd streams without a time base
+        pass
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None

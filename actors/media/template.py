@@ -37,7 +37,7 @@ from actors.errors import (
 )
 from actors.limits import MediaLimits
 from actors.media.color import rotate_upright, snap_rotation, yuv_to_bgr
-from actors.media.open import open_media
+from actors.media.open import declared_duration_s, open_media
 
 DEFAULT_FPS = Fraction(25)
 _MAX_SANE_FPS = 1000
@@ -97,14 +97,6 @@ def _rotation_of(frame, stream) -> int:
 
 
 
-def _header_duration_s(container, stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None and container.duration > 0:
-        return container.duration / 1_000_000
-    return None
-
-
 def _first_frame(container, stream, path: str):
     try:
         for frame in container.decode(stream):
@@ -155,7 +147,7 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
             raise MediaTooLargeError(
                 f"{path}: video is {coded_w}x{coded_h}, over the limit of "
                 f"{limits.max_width}x{limits.max_height} / {limits.max_pixels} pixels", path=path)
-        header_duration = _header_duration_s(container, stream)
+        header_duration = declared_duration_s(container, stream)
         if header_duration is not None and header_duration > limits.max_duration_s:
             raise MediaTooLongError(
                 f"{path}: video lasts {header_duration:.1f} s, over the limit of "

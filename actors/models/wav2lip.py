@@ -29,6 +29,7 @@ from torch import nn
 
 from actors.errors import ModelLoadError
 from actors.media.atomic import atomic_write
+from actors.models.files import not_weights_hint
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +166,9 @@ class Wav2Lip(nn.Module):
 # Checkpoints.
 
 
-def _not_a_checkpoint_hint(path: Path) -> str:
-    """A human hint for the common non-checkpoint files (a saved web page, a Git LFS pointer)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64).lstrip().lower()
-    except OSError:
-        return ""
-    if head.startswith((b"<!doctype", b"<html", b"<")):
-        return " (the file is an HTML page: a failed or redirected download?)"
-    if head.startswith(b"version https://git-lfs"):
-        return " (the file is a Git LFS pointer, not the weights: run git lfs pull)"
-    return ""
-
-
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.pth``/``.pt`` file into a plain state dict with ``module.`` prefixes removed."""
-    hint = _not_a_checkpoint_hint(path)
+    hint = not_weights_hint(path)
     if hint:
         raise ModelLoadError(f"cannot read torch checkpoint {path}{hint}", path=str(path))
     try:

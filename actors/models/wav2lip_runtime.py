@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from actors.errors import ModelLoadError
+from actors.models.files import resolve_torch_device
 from actors.models.wav2lip import (
     FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, OUT_SHAPE, Wav2Lip, check_model_path, model_from_state,
     read_torch_checkpoint,
@@ -117,16 +118,6 @@ class OnnxWav2LipRunner(Wav2LipRunner):
         return np.asarray(out, dtype=np.float32)
 
 
-def _resolve_torch_device(device: str) -> str:
-    device = (device or "cpu").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %r requested but CUDA is not available to torch; running Wav2Lip on CPU", device)
-        return "cpu"
-    return device
-
-
 def _onnx_session(path: Path, device: str):
     import onnxruntime as ort
 
@@ -172,4 +163,4 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu") -> Wav2LipRunner:
     if p.suffix.lower() in ONNX_SUFFIXES:
         return OnnxWav2LipRunner(p, _onnx_session(p, (device or "cpu").lower()))
     model = model_from_state(read_torch_checkpoint(p), p)
-    return TorchWav2LipRunner(p, model, _resolve_torch_device(device))
+    return TorchWav2LipRunner(p, model, resolve_torch_device(device, "Wav2Lip"))

@@ -13,6 +13,7 @@ from serve_app.api.routes.backends import router as backends_router
 from serve_app.api.routes.health import router as health_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
+from serve_app.api.studio import mount_studio
 
 
 def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
@@ -30,4 +31,5 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     api.include_router(backends_router)
     api.include_router(health_router)
     api.include_router(duix_router)
+    mount_studio(api)  # the web studio at / (static files, no build step)
     return api

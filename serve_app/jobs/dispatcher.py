@@ -10,6 +10,10 @@ priority order, so a high-priority job overtakes queued ones. It wakes up when a
 a dispatch ends, and otherwise every ``poll_s`` to pick up retries whose backoff has passed and jobs
 whose owner stopped heartbeating (lease expired) — which is also how jobs that were queued or running
 when the application stopped are resumed when it starts again.
+
+With ``wake`` (e.g. ``lambda: asyncio.to_thread(store.wait_for_work, 5.0)``) it also wakes when the
+store reports work queued by anyone else: another ingress replica, or another cluster on the same
+PostgreSQL database (``LISTEN/NOTIFY``), so such a job does not wait for the next poll.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ log = logging.getLogger("lipserve.dispatcher")
 
 class JobDispatcher:
     def __init__(self, claimable: Callable[[], list[str]], run: Callable[[str], Awaitable[object]],
-                 limit: int, poll_s: float = 1.0):
+                 limit: int, poll_s: float = 1.0, wake: Callable[[], Awaitable[object]] | None = None):
         self._claimable = claimable  # blocking; called in a thread
         self._run = run
         self.limit = max(1, limit)
@@ -31,12 +35,18 @@ class JobDispatcher:
         self.outstanding: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        # Each call returns an awaitable that completes when work may have arrived (truthy) or on
+        # a timeout of its own (falsy); called again and again by _listen.
+        self._wake_source = wake
+        self._listen_task: asyncio.Task | None = None
 
     def ensure_started(self) -> None:
         """Start the loop on the running event loop (idempotent; restarts a loop that died)."""
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
+        if self._wake_source is not None and (self._listen_task is None or self._listen_task.done()):
+            self._listen_task = asyncio.get_running_loop().create_task(self._listen())
 
     def nudge(self) -> None:
         if self._wake is not None:
@@ -53,6 +63,15 @@ class JobDispatcher:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                if await self._wake_source():
+                    self.nudge()
+            except Exception:  # noqa: BLE001 - the poll still runs; do not spin on a broken source
+                log.exception("wake-up source failed; relying on the poll")
+                await asyncio.sleep(self.poll_s)
 
     async def _dispatch_ready(self) -> None:
         free = self.limit - len(self.outstanding)

@@ -104,7 +104,8 @@ class SqliteJobStore(TransactionalJobStore):
         return time.time() if now is None else float(now)
 
     @contextmanager
-    def _transaction(self, job_id: str, now: float | None):
+    def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False):
+        # skip_locked is moot here: BEGIN IMMEDIATE serialises all writers of the file.
         with self._lock:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")

@@ -6,13 +6,20 @@ dispatcher (``claimable``) and the pipeline replicas (``claim``, ``heartbeat``, 
 run them in a thread pool of their own.
 
 ``TransactionalJobStore`` implements every state change once, over the pure functions of
-``transitions``; a backend supplies the row I/O (``_create_row``, ``_select``, ``_transaction``)
-and its clock. Every time-dependent method takes ``now`` for tests.
+``transitions``; a backend supplies the row I/O (``_insert``, ``_transaction``) and its clock.
+Every time-dependent method takes ``now`` for tests.
+
+Wake-ups: ``wait_for_work(timeout)`` blocks until a job may have become claimable (created,
+released, or requeued for a retry) or ``timeout`` passes, and says which. PostgreSQL delivers these
+events across processes (``LISTEN/NOTIFY``); the default here only sees this process's own calls
+(an in-process ``threading.Event``), so with SQLite it is in effect a poll timeout for work created
+elsewhere. A wake-up is a hint: the caller still asks ``claimable()``.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Protocol, Sequence
 
@@ -22,6 +29,12 @@ from serve_app.jobs.records import ErrorInfo, JobParams, JobRecord, JobStatus
 
 class DuplicateJobError(ValueError):
     """A job with this id already exists."""
+
+
+class JobStoreUnavailableError(RuntimeError):
+    """The store's database could not be reached within the store's retry deadline (retryable)."""
+
+    retryable = True
 
 
 class JobStore(Protocol):
@@ -44,6 +57,7 @@ class JobStore(Protocol):
     def release(self, job_id: str, owner: str, now: float | None = None) -> bool: ...
     def cancel(self, job_id: str, now: float | None = None) -> JobRecord | None: ...
     def delete(self, job_id: str) -> bool: ...
+    def wait_for_work(self, timeout: float) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -54,6 +68,7 @@ STORE_METHODS = frozenset({
 })
 
 Mutation = Callable[[JobRecord, float], bool]
+_EVENT_INIT = threading.Lock()
 
 
 class TransactionalJobStore(abc.ABC):
@@ -61,8 +76,11 @@ class TransactionalJobStore(abc.ABC):
 
     # -- backend hooks ----------------------------------------------------------------------
     @abc.abstractmethod
-    def _transaction(self, job_id: str, now: float | None) -> AbstractContextManager[tuple[JobRecord | None, float, Callable[[JobRecord], None]]]:
-        """Lock the job's row; yields ``(record or None, t, write)``; ``write(rec)`` stores it."""
+    def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False
+                     ) -> AbstractContextManager[tuple[JobRecord | None, float, Callable[[JobRecord], None]]]:
+        """Lock the job's row; yields ``(record or None, t, write)``; ``write(rec)`` stores it.
+        ``skip_locked`` (claims): a row another transaction holds yields None at once instead of
+        waiting; a backend that serialises all writers anyway may ignore it."""
 
     @abc.abstractmethod
     def _insert(self, rec: JobRecord) -> None:
@@ -73,8 +91,9 @@ class TransactionalJobStore(abc.ABC):
         """``now`` if given, else the store's time."""
 
     # -- shared -----------------------------------------------------------------------------
-    def _mutate(self, job_id: str, fn: Mutation, now: float | None = None) -> tuple[bool, JobRecord | None]:
-        with self._transaction(job_id, now) as (rec, t, write):
+    def _mutate(self, job_id: str, fn: Mutation, now: float | None = None,
+                skip_locked: bool = False) -> tuple[bool, JobRecord | None]:
+        with self._transaction(job_id, now, skip_locked) as (rec, t, write):
             if rec is None:
                 return False, None
             changed = bool(fn(rec, t))
@@ -91,6 +110,7 @@ class TransactionalJobStore(abc.ABC):
                         params=JobParams.model_validate(params), meta=dict(meta or {}),
                         next_attempt_at=t, created_at=t, updated_at=t)
         self._insert(rec)
+        self._work_arrived()
         return rec
 
     def claim(self, job_id: str, owner: str, lease_s: float, now: float | None = None,
@@ -100,10 +120,13 @@ class TransactionalJobStore(abc.ABC):
         def fn(rec: JobRecord, t: float) -> bool:
             before = rec.status, rec.finished_at
             claimed.append(transitions.claim(rec, owner, lease_s, t, max_attempts))
-            return claimed[0] or (rec.status, rec.finished_at) != before
+            return claimed[-1] or (rec.status, rec.finished_at) != before
 
-        _, rec = self._mutate(job_id, fn, now)
-        return rec if claimed and claimed[0] else None
+        # A backend may run ``fn`` again when it retries a transaction that did not commit (lost
+        # connection): the last run is the one that counts. A row locked by another claimer is
+        # skipped: someone else is taking the job right now.
+        _, rec = self._mutate(job_id, fn, now, skip_locked=True)
+        return rec if claimed and claimed[-1] and rec is not None else None
 
     def heartbeat(self, job_id: str, owner: str, lease_s: float, progress: float | None = None,
                   stage: str | None = None, now: float | None = None) -> bool:
@@ -124,10 +147,15 @@ class TransactionalJobStore(abc.ABC):
         err = ErrorInfo.of(error)
         changed, rec = self._mutate(
             job_id, lambda r, t: transitions.fail_attempt(r, owner, err, max_attempts, backoff_s, t), now)
+        if changed and rec is not None and rec.status == JobStatus.QUEUED:
+            self._work_arrived()
         return rec if changed else None
 
     def release(self, job_id: str, owner: str, now: float | None = None) -> bool:
-        return self._mutate(job_id, lambda r, t: transitions.release(r, owner, t), now)[0]
+        released = self._mutate(job_id, lambda r, t: transitions.release(r, owner, t), now)[0]
+        if released:
+            self._work_arrived()
+        return released
 
     def cancel(self, job_id: str, now: float | None = None) -> JobRecord | None:
         """Cancel a queued or running job; a terminal job is returned unchanged; None if unknown.
@@ -137,6 +165,28 @@ class TransactionalJobStore(abc.ABC):
     def is_cancelled(self, job_id: str) -> bool:
         rec = self.get(job_id)
         return rec is not None and rec.status == JobStatus.CANCELLED
+
+    # -- wake-ups (see the module docstring) ---------------------------------------------------
+    @property
+    def _work_event(self) -> threading.Event:
+        # Created on first use: backends do not call a base __init__.
+        ev = self.__dict__.get("_work_event_obj")
+        if ev is None:
+            with _EVENT_INIT:
+                ev = self.__dict__.setdefault("_work_event_obj", threading.Event())
+        return ev
+
+    def _work_arrived(self) -> None:
+        self._work_event.set()
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """True if work arrived (in this process) before ``timeout`` seconds passed."""
+        ev = self._work_event
+        woken = ev.wait(max(0.0, float(timeout)))
+        # Cleared before the caller's next claimable() pass, so an event after this point is
+        # either seen by that pass or wakes the next wait: none is lost.
+        ev.clear()
+        return woken
 
     def __enter__(self):
         return self

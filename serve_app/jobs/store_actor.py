@@ -11,6 +11,8 @@ records survive in the file. ``job_store: postgres`` removes the head node from 
 
 from __future__ import annotations
 
+import threading
+
 import ray
 
 from serve_app.jobs.sqlite_store import SqliteJobStore
@@ -51,6 +53,12 @@ class RemoteJobStore:
 
         call.__name__ = name
         return call
+
+    def wait_for_work(self, timeout: float) -> bool:
+        # No events cross the actor boundary (a blocking call would stall the single-threaded
+        # actor for everyone): a plain poll timeout, as the protocol allows.
+        threading.Event().wait(max(0.0, float(timeout)))
+        return False
 
     def close(self) -> None:  # the actor outlives its clients
         pass

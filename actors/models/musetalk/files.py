@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from actors.errors import ModelLoadError
+from actors.models.files import not_weights_hint
 
 UNET_CONFIG = "musetalkV15/musetalk.json"
 UNET_WEIGHTS = "musetalkV15/unet.pth"
@@ -55,19 +56,6 @@ def public_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _not_weights_hint(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64).lstrip().lower()
-    except OSError:
-        return ""
-    if head.startswith(b"version https://git-lfs"):
-        return " (it is a Git LFS pointer, not the weights: run git lfs pull)"
-    if head.startswith(b"<"):
-        return " (it is an HTML page: a failed or redirected download?)"
-    return ""
-
-
 def _torch_load(path: Path):
     try:
         # mmap: the 3.4 GB UNet is paged in from the file, not read into memory and then copied.
@@ -82,7 +70,7 @@ def _torch_load(path: Path):
 def read_state_dict(models_dir: str | os.PathLike, rel: str) -> dict[str, torch.Tensor]:
     """A plain ``{name: tensor}`` state dict from a torch pickle, read with the safe unpickler."""
     path = resolve(models_dir, rel)
-    hint = _not_weights_hint(path)
+    hint = not_weights_hint(path)
     if hint:
         raise ModelLoadError(f"cannot read MuseTalk weights {rel}{hint}", path=rel)
     try:

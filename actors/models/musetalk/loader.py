@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from actors.errors import InvalidParameterError, ModelLoadError
+from actors.models.files import resolve_torch_device
 from actors.models.musetalk.audio_windows import WINDOW_STEPS
 from actors.models.musetalk.files import REQUIRED_FILES, resolve
 from actors.models.musetalk.unet import load_unet, sinusoid_position_encoding
@@ -23,13 +24,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 def resolve_device(device: str | None) -> str:
-    device = (device or "cpu").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %r requested but CUDA is not available to torch; running MuseTalk on CPU", device)
-        return "cpu"
-    return device
+    return resolve_torch_device(device, "MuseTalk")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""Tests of the job store (serve_app/jobs): the durable, multi-process SQLite backend."""
+"""Tests of the job store (serve_app/jobs), run on both backends (SQLite and a real PostgreSQL server:
+the ``backend`` / ``store`` fixtures of conftest.py): the same semantics on each."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sqlite3
 
 import pytest
 
+from serve_app.jobs.backends import open_job_store
 from serve_app.jobs.records import TERMINAL, JobParams, JobRecord
-from serve_app.jobs.sqlite_store import SqliteJobStore as JobStore
+from serve_app.jobs.sqlite_store import SqliteJobStore
 from serve_app.jobs.store import DuplicateJobError
 
 
@@ -22,15 +24,16 @@ RETRYABLE = {"code": "internal", "message": "boom", "retryable": True}
 FATAL = {"code": "no_face", "message": "clip.mp4: no face found", "retryable": False}
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "sub" / "jobs.sqlite3")
-    yield s
-    s.close()
+def test_sqlite_file_created_in_wal_mode(tmp_path):
+    path = tmp_path / "sub" / "jobs.sqlite3"
+    SqliteJobStore(path).close()
+    assert path.exists()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    conn.close()
 
 
-def test_create_get_list_filter(store, tmp_path):
-    assert (tmp_path / "sub" / "jobs.sqlite3").exists()
+def test_create_get_list_filter(store):
     a = store.create(P(), now=T0)
     b = store.create(P(audio_path="x12"), priority=5, job_id="job-b", now=T0 + 1)
     c = store.create(P(), now=T0 + 2)
@@ -71,8 +74,8 @@ def test_claimable_priority_order_and_due_time(store):
     assert store.claim(high.id, "w2", lease_s=5, now=T0 + 12) is None  # still owned by w1
 
 
-def _claim_worker(path: str, owner: str, barrier, out) -> None:
-    s = JobStore(path)
+def _claim_worker(kind: str, database: str, owner: str, barrier, out) -> None:
+    s = open_job_store(kind, database)
     barrier.wait()
     mine = []
     for _ in range(3):
@@ -83,13 +86,15 @@ def _claim_worker(path: str, owner: str, barrier, out) -> None:
     out.put((owner, mine))
 
 
-def test_claim_is_atomic_across_processes(tmp_path):
-    path = str(tmp_path / "jobs.sqlite3")
-    s = JobStore(path)
+def test_claim_is_atomic_across_processes(backend):
+    """4 processes race for 20 jobs (on PostgreSQL through SKIP LOCKED claims): each job is claimed
+    exactly once."""
+    s = backend.open()
     ids = {s.create(P(audio_path=f"/a{i}.wav")).id for i in range(20)}
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(path, f"w{i}", barrier, out)) for i in range(4)]
+    procs = [ctx.Process(target=_claim_worker, args=(backend.kind, backend.database, f"w{i}", barrier, out))
+             for i in range(4)]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]
@@ -103,7 +108,6 @@ def test_claim_is_atomic_across_processes(tmp_path):
         rec = s.get(job_id)
         assert rec.status == "running" and len(rec.attempts) == 1
         assert rec.owner == owners[job_id] == rec.attempts[0].owner
-    s.close()
 
 
 def test_lease_expiry_takeover_records_worker_lost(store):
@@ -240,9 +244,8 @@ def test_cancel_semantics(store):
     assert store.claim(queued.id, "w2", 6, now=T0 + 1000) is None
 
 
-def test_persistence_across_reopen(tmp_path):
-    path = tmp_path / "jobs.sqlite3"
-    s = JobStore(path)
+def test_persistence_across_reopen(backend):
+    s = backend.open()
     job = s.create(P(pingpong=True), priority=3, now=T0)
     s.claim(job.id, "w1", lease_s=6, now=T0)
     s.add_timing(job.id, "detect", 1.5)
@@ -254,7 +257,7 @@ def test_persistence_across_reopen(tmp_path):
     with pytest.raises(RuntimeError):
         s.get(job.id)
 
-    s2 = JobStore(path)  # a restarted process
+    s2 = backend.open()  # a restarted process
     after = s2.get(job.id)
     assert after == before
     assert after.timings == {"detect": 2.0, "write": 2.0}
@@ -262,10 +265,6 @@ def test_persistence_across_reopen(tmp_path):
     # The dead owner's lease expires and the restarted worker takes the job over.
     taken = s2.claim(job.id, "w1-restarted", lease_s=6, now=T0 + 60)
     assert taken.attempts[0].error.code == "worker_lost"
-    s2.close()
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-    conn.close()
 
 
 def test_to_api_is_json_and_error_messages_never_empty(store):
@@ -288,3 +287,16 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     assert store.get(job.id).params.video_path == "/v.mp4"
     for rec in store.list():
         json.dumps(rec.to_api())
+
+
+def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
+    """SQLite: this process's own calls (an in-process event); PostgreSQL: NOTIFY from anyone."""
+    assert store.wait_for_work(0) is False  # nothing yet (on PostgreSQL: starts listening)
+    job = store.create(P())
+    assert store.wait_for_work(10) is True
+    assert store.wait_for_work(0.2) is False  # consumed
+    store.claim(job.id, "w", lease_s=60)
+    store.heartbeat(job.id, "w", lease_s=60, progress=0.5)
+    assert store.wait_for_work(0.2) is False  # claims and heartbeats are no work for others
+    assert store.release(job.id, "w")
+    assert store.wait_for_work(10) is True

@@ -270,7 +270,7 @@ def test_too_long(tmp_path, source):
 def test_too_long_detected_while_decoding(tmp_path, source, monkeypatch):
     """A header without (or with a lying) duration is still stopped by the running sample count."""
     p = write_audio(tmp_path / "noheader.ogg", source)
-    monkeypatch.setattr(media_audio, "_declared_duration", lambda container, stream: None)
+    monkeypatch.setattr(media_audio, "declared_duration_s", lambda container, stream: None)
     with pytest.raises(MediaTooLongError) as err:
         decode_audio(p, MediaLimits(max_duration_s=0.5))
     _check(err, p, ErrorCode.MEDIA_TOO_LONG)
