@@ -88,20 +88,30 @@ class Avatar:
         """uint8[n, S, S, 3] face crops, memory-mapped read-only (zeros where no face)."""
         return np.load(os.path.join(self.directory, "crops.npy"), mmap_mode="r")
 
-    def paste_mask(self, i: int) -> np.ndarray | None:
-        """Template frame ``i``'s stored paste mask (uint8 square), for geometries whose mask
-        depends on the frame (``CropGeometry.make_masker``); None for the others."""
+    def paste_masks(self) -> "PasteMasks | None":
+        """The stored per-frame paste masks, for geometries whose mask depends on the frame
+        (``CropGeometry.make_masker``); None for the others."""
         offsets_path = os.path.join(self.directory, "mask_offsets.npy")
         if not os.path.exists(offsets_path):
             return None
-        offsets = np.load(offsets_path)
-        flat = np.load(os.path.join(self.directory, "masks.npy"), mmap_mode="r")
-        side = int(round(float(np.sqrt(offsets[i + 1] - offsets[i]))))
-        return np.asarray(flat[offsets[i]:offsets[i + 1]]).reshape(side, side)
+        return PasteMasks(np.load(offsets_path), np.load(os.path.join(self.directory, "masks.npy"), mmap_mode="r"))
 
     def latents(self, name: str) -> np.ndarray:
         """A backend's cached per-frame reference latents (``actors/avatar_latents.py``), memory-mapped."""
         return np.load(os.path.join(self.directory, name), mmap_mode="r")
+
+
+@dataclass
+class PasteMasks:
+    """Ragged uint8 squares, one per template frame (empty where there is no face)."""
+
+    offsets: np.ndarray  # int64[n + 1]
+    flat: np.ndarray  # uint8[offsets[-1]], memory-mapped
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        side = int(round((hi - lo) ** 0.5))
+        return np.asarray(self.flat[lo:hi]).reshape(side, side)
 
 
 def _info_to_json(info: TemplateInfo) -> dict:

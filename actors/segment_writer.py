@@ -2,8 +2,9 @@
 
 This is the core of ``WriterActor``. It decodes the template frames a segment needs itself (full
 frames never travel between processes: only the small generated crops do), pastes the crops back
-with the avatar's crop geometry (the backend's own blend mask), and encodes a closed-GOP H.264 segment. Writing the same segment
-twice produces the same file, atomically replaced, so a retried call is harmless.
+with the avatar's crop geometry (the backend's own blend mask), and encodes a closed-GOP H.264
+segment. Writing the same segment twice produces the same file, atomically replaced, so a retried
+call is harmless.
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ class SegmentWriter:
                     generated: np.ndarray) -> Iterator[np.ndarray]:
         frames = self._template_frames(avatar, sources)
         boxes = avatar.boxes()
+        masks = avatar.paste_masks()  # None unless the geometry's masks depend on the frame
         w, h = even_size(avatar.info.width, avatar.info.height)
         k = 0
         for src, has_face in zip(sources.tolist(), present.tolist()):
             frame = frames[src]
             if has_face:
                 frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match,
-                                              mask=avatar.paste_mask(src))
+                                              mask=None if masks is None else masks[src])
                 k += 1
             yield np.ascontiguousarray(frame[:h, :w])
 

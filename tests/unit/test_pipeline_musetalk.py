@@ -106,10 +106,10 @@ def test_face_parsing_masks_are_cached_and_used(models_dir, media, tmp_path):
     avatar = AvatarCache(opts.cache_dir).get_or_build(media["t25"], avatar_params_for(opts, gen.crop_geometry))
     plain = AvatarCache(tmp_path / "cache-plain").get_or_build(
         media["t25"], avatar_params_for(opts, make_generator("musetalk", str(models_dir)).crop_geometry))
-    assert avatar.key != plain.key and plain.paste_mask(0) is None
+    assert avatar.key != plain.key and plain.paste_masks() is None
     frame = decode_video(media["t25"])[3]
     box = avatar.boxes()[3]
-    stored = avatar.paste_mask(3)
+    stored = avatar.paste_masks()[3]
     # the stored mask is the parsed blend alpha of that frame, not the box-only feather
     assert stored.shape == blend_mask(frame, box).shape
     assert not np.array_equal(stored, np.rint(blend_mask(frame, box) * 255).astype(np.uint8))
