@@ -176,7 +176,7 @@ class AvatarCache:
                 max_gap=int(params.max_gap_s * info.fps),
                 path=str(video_path),
             )
-        track_boxes, present = track.boxes, track.present
+        track_boxes, present, marks = track.boxes, track.present, track.landmarks
         # The container may announce more frames than it decodes; trust what the tracker saw.
         n = min(len(present), info.n_frames)
         if n == 0 or not present[:n].any():
@@ -193,7 +193,8 @@ class AvatarCache:
             S = geometry.crop_size
             boxes = np.zeros((n, 4), np.int32)
             for i in np.flatnonzero(present[:n]):
-                boxes[i] = geometry.crop_box(track_boxes[i], info.width, info.height)
+                boxes[i] = geometry.crop_box(track_boxes[i], info.width, info.height,
+                                             None if marks is None else marks[i])
             crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
             masker = geometry.make_masker()
             if masker is not None:  # frame-dependent paste masks: ragged, one square per frame

@@ -36,7 +36,8 @@ class CropGeometry(Protocol):
     kind: ClassVar[str]
     crop_size: int
 
-    def crop_box(self, face_box: Sequence[float], frame_w: int, frame_h: int) -> Box: ...
+    def crop_box(self, face_box: Sequence[float], frame_w: int, frame_h: int,
+                 landmarks: np.ndarray | None = None) -> Box: ...  # landmarks: the tracker's 5 points
     def extract(self, frame: np.ndarray, box: Sequence[int]) -> np.ndarray: ...
     def paste(self, frame: np.ndarray, box: Sequence[int], generated: np.ndarray, *,
               color_match: bool = True, mask: np.ndarray | None = None) -> np.ndarray: ...
@@ -63,7 +64,7 @@ class PaddedBoxGeometry:
         if int(self.crop_size) < 16:
             raise InvalidParameterError(f"crop_size must be >= 16, got {self.crop_size}")
 
-    def crop_box(self, face_box, frame_w, frame_h) -> Box:
+    def crop_box(self, face_box, frame_w, frame_h, landmarks=None) -> Box:
         return crop_box(face_box, frame_w, frame_h, self.pads)
 
     def extract(self, frame, box) -> np.ndarray:
@@ -101,10 +102,18 @@ class MuseTalkGeometry:
         if int(self.crop_size) != CROP_SIZE:
             raise InvalidParameterError(f"MuseTalk crops are {CROP_SIZE} px, got {self.crop_size}")
 
-    def crop_box(self, face_box, frame_w, frame_h) -> Box:
-        from actors.generators.musetalk_crop import crop_box_from_face_box
+    def crop_box(self, face_box, frame_w, frame_h, landmarks=None) -> Box:
+        """Anchored on the nose with five points (``landmarks``), else the boxes-only approximation."""
+        from actors.generators.musetalk_crop import crop_box_from_face_box, crop_box_from_five_points
 
-        x1, y1, x2, y2 = crop_box_from_face_box(face_box, frame_h, self.nose_mid_fraction, self.extra_margin)
+        if landmarks is not None:
+            try:
+                box = crop_box_from_five_points(face_box, landmarks, frame_h, extra_margin=self.extra_margin)
+            except InvalidParameterError:  # points that do not fit the box: the reference falls back too
+                box = None
+        if landmarks is None or box is None:
+            box = crop_box_from_face_box(face_box, frame_h, self.nose_mid_fraction, self.extra_margin)
+        x1, y1, x2, y2 = box
         return x1, y1, min(int(x2), int(frame_w)), y2
 
     def extract(self, frame, box) -> np.ndarray:
