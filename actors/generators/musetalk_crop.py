@@ -17,8 +17,8 @@ anchors on the nose: the 68-point layout spaces landmarks 27-30 evenly down the 
 the eye line (27) to the tip (30), so landmark 29 sits 2/3 of the way from the eyes' mean height to
 the nose tip; the box's sides and chin still come from the detector box.
 
-With boxes only, :func:`crop_box_from_face_box` is an **approximation**: it assumes the detector box spans the landmarks' extent (brows to chin, jaw
-side to jaw side) and places landmark 29 at ``NOSE_MID_FRACTION`` of the box height, the value
+With boxes only, :func:`crop_box_from_face_box` is an **approximation**: it assumes the detector
+box spans the landmarks' extent (brows to chin, jaw side to jaw side) and places landmark 29 at ``NOSE_MID_FRACTION`` of the box height, the value
 of the common normalised 68-point mean face. It has not been calibrated against landmark boxes
 on real templates; a detector whose boxes include the forehead should lower the fraction.
 """
