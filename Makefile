@@ -35,6 +35,7 @@ serve: install
 bench: install
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_service.py
+	$(PY) bench/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

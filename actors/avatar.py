@@ -147,6 +147,10 @@ class AvatarCache:
         if not meta_path.exists():
             return None
         meta = json.loads(meta_path.read_text())
+        try:  # last use, what retention's avatar_ttl_s is measured from
+            os.utime(directory)
+        except OSError:
+            pass
         return Avatar(
             key=key,
             directory=str(directory),

@@ -10,6 +10,9 @@
                  ``max_inflight`` segments in flight (backpressure)       (Stages.submit_segment)
     6. finalize  join the segments without re-encoding, mux the audio    (Stages.finalize)
 
+With ``RenderRequest.hls_dir``, finished segments are also published in order as a live HLS stream
+(``actors/live_hls.py``) while the job runs; the final MP4 is the same stream-copy join either way.
+
 ``LocalStages`` (``actors/local_stages.py``) runs the stages in this process (``lipserve render``);
 the service runs them on Ray actors (``serve_app/ray_stages.py``). Both go through this one loop, so
 backpressure, stuck detection, resubmission and restart bookkeeping exist once.
@@ -39,6 +42,7 @@ import numpy as np
 
 from actors.avatar import Avatar, AvatarParams
 from actors.errors import CancelledError, LipserveError, StageTimeoutError, WorkerLostError
+from actors.live_hls import INCIDENT as HLS_INCIDENT, LiveHls
 from actors.plan import RenderPlan, Segment, make_plan
 
 
@@ -65,6 +69,7 @@ class RenderRequest:
     mode: str = "pingpong"  # or "loop": how the template covers audio longer than it
     avatar: AvatarParams = field(default_factory=lambda: AvatarParams(crop_size=96))
     segment_frames: int = 50
+    hls_dir: str | None = None  # publish a live HLS stream there while rendering (None: no stream)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class RenderResult:
     n_samples: int
     segments_reused: int
     segment_seconds: float  # wall time of the generate + write stage
+    first_playable_s: float | None = None  # render start -> first live HLS segment listed
 
 
 class Stages(Protocol):
@@ -181,27 +187,46 @@ class SegmentDriver:
     async def render(self, req: RenderRequest) -> RenderResult:
         """One attempt of one job, top to bottom."""
         s = self.stages
+        started = time.perf_counter()
         samples = await self._stage("audio", s.decode_audio(req.audio_path), 0.02)
         n_samples = await s.sample_count(samples)
         avatar = await self._stage("avatar", s.prepare_avatar(req.video_path, req.avatar), 0.04)
         latents = await self._stage("latents", s.prepare_latents(avatar))
         plan = make_plan(n_samples, avatar, req.mode, req.segment_frames)
-        features = await self._stage("features", s.prepare_features(samples, plan.fps, plan.n_out), 0.05)
-        Path(req.work_dir).mkdir(parents=True, exist_ok=True)
-        paths = [os.path.join(req.work_dir, seg.file_name) for seg in plan.segments]
-        t0 = time.perf_counter()
-        await _call(self.events.progress, "generate_write", None)
+        live = self._live(req, plan, started)
         try:
-            reused = await self.run_segments(plan, avatar, features, paths, latents)
+            features = await self._stage("features", s.prepare_features(samples, plan.fps, plan.n_out), 0.05)
+            Path(req.work_dir).mkdir(parents=True, exist_ok=True)
+            paths = [os.path.join(req.work_dir, seg.file_name) for seg in plan.segments]
+            t0 = time.perf_counter()
+            await _call(self.events.progress, "generate_write", None)
+            try:
+                reused = await self.run_segments(plan, avatar, features, paths, live, latents)
+                if live:
+                    await live.finish(self.policy.settle_timeout_s)
+            finally:
+                seconds = time.perf_counter() - t0
+                await _call(self.events.timing, "generate_write", seconds)
         finally:
-            seconds = time.perf_counter() - t0
-            await _call(self.events.timing, "generate_write", seconds)
+            if live:  # nothing of the live stream still writes once this attempt is over
+                await live.settle(self.policy.settle_timeout_s)
         await self._stage("finalize", s.finalize(paths, req.audio_path, req.out_path, plan.fps), 0.99)
         return RenderResult(out_path=req.out_path, plan=plan, avatar=avatar, n_samples=n_samples,
-                            segments_reused=reused, segment_seconds=seconds)
+                            segments_reused=reused, segment_seconds=seconds,
+                            first_playable_s=live.first_playable_s if live else None)
+
+    def _live(self, req: RenderRequest, plan: RenderPlan, started: float) -> LiveHls | None:
+        """The live stream of this render; its first segment is timed from the render's start."""
+        if not req.hls_dir:
+            return None
+        live = LiveHls(req.hls_dir, plan, req.audio_path, started_at=started,
+                       on_first=lambda seconds: _call(self.events.timing, "first_playable", seconds),
+                       on_failure=lambda message: _call(self.events.incident, HLS_INCIDENT, message))
+        live.start()
+        return live
 
     async def run_segments(self, plan: RenderPlan, avatar: Avatar, features: np.ndarray, paths: list[str],
-                           latents: str | None = None) -> int:
+                           live: LiveHls | None = None, latents: str | None = None) -> int:
         """Generate and write every segment not already on disk; returns how many were reused.
         ``latents``: the avatar's cached latents file for this generator (``prepare_latents``)."""
         policy, s = self.policy, self.stages
@@ -212,6 +237,10 @@ class SegmentDriver:
         known = await s.workers()
         queue = [(seg, p) for seg, p in zip(plan.segments, paths) if not os.path.exists(p)]
         reused = len(plan.segments) - len(queue)
+        if live:
+            for seg, p in zip(plan.segments, paths):
+                if os.path.exists(p):
+                    live.segment_done(seg, p)
         done_frames = sum(seg.n_frames for seg, p in zip(plan.segments, paths) if os.path.exists(p))
         await _call(self.events.progress, "generate_write", 0.05 + 0.9 * done_frames / plan.n_out)
         pending: dict[asyncio.Future, InFlight] = {}
@@ -250,6 +279,8 @@ class SegmentDriver:
                             continue
                         raise err from exc
                     await self._note_restarts(known, result.workers)
+                    if live:
+                        live.segment_done(entry.segment, entry.path)
                     took = time.perf_counter() - entry.submitted_at
                     expected_s = took if expected_s is None else 0.7 * expected_s + 0.3 * took
                     done_frames += entry.segment.n_frames

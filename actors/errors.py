@@ -166,6 +166,14 @@ class InsufficientStorageError(ServiceRefusal):
     retryable = True
 
 
+class StorageFullError(LipserveError):
+    """The server's disk filled up while a job wrote to it (ENOSPC). Not transient: the same
+    attempt would fill it again, so the job fails at once instead of burning its retries."""
+
+    code = ErrorCode.INSUFFICIENT_STORAGE
+    retryable = False
+
+
 class ConfigurationError(LipserveError):
     """The deployment is misconfigured: an operator must fix it; retrying the job cannot help."""
 
@@ -224,6 +232,7 @@ ALL_ERRORS: tuple[type[LipserveError], ...] = (
     QueueFullError,
     NotReadyError,
     InsufficientStorageError,
+    StorageFullError,
     ModelLoadError,
     WorkerLostError,
     OutOfMemoryError,
@@ -234,13 +243,18 @@ ALL_ERRORS: tuple[type[LipserveError], ...] = (
 
 
 # errno values that mean "the storage or the machine had a bad moment", not "this file is bad".
+# ENOSPC is not one of them: a full disk stays full for the retry (StorageFullError).
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
-                              errno.EAGAIN, errno.ETIMEDOUT, errno.ENOSPC})
+                              errno.EAGAIN, errno.ETIMEDOUT})
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def decode_failure(exc: BaseException, message: str, path: str | None) -> LipserveError:
     """Classify a failure while reading media by its errno: transient I/O (shared volume hiccup, too
-    many open files, full disk) is retryable; anything else means the file itself is unreadable."""
+    many open files) is retryable; a full disk is a ``StorageFullError``; anything else means the
+    file itself is unreadable."""
+    if getattr(exc, "errno", None) in STORAGE_FULL_ERRNOS:
+        return StorageFullError(f"{message} (the server's disk is full)", path=path)
     if getattr(exc, "errno", None) in TRANSIENT_ERRNOS:
         return InternalError(f"{message} (transient I/O error: {exc})", path=path)
     return UnreadableFileError(message, path=path)
@@ -270,6 +284,9 @@ def as_lipserve_error(exc: BaseException, *, stage: str | None = None) -> Lipser
     """
     if isinstance(exc, LipserveError):
         return exc
+    if getattr(exc, "errno", None) in STORAGE_FULL_ERRNOS:
+        return StorageFullError(f"the server's disk is full{f' in {stage}' if stage else ''}: {getattr(exc, 'strerror', None) or exc}",
+                                stage=stage)
     if isinstance(exc, MemoryError):
         return OutOfMemoryError(f"out of memory{f' in {stage}' if stage else ''}: {exc!r}", stage=stage)
     # torch's CUDA OOM is a distinct type. If torch was never imported in this process the error

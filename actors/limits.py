@@ -11,3 +11,4 @@ class MediaLimits:
     max_height: int = 3840
     max_pixels: int = 3840 * 2160
     max_duration_s: float = 600.0
+    max_fps: float = 60.0

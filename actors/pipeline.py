@@ -59,6 +59,7 @@ class RenderSummary:
     frames_without_face: int
     wall_seconds: float
     stage_seconds: dict[str, float]
+    first_playable_s: float | None = None  # with hls_dir: render start -> first live HLS segment listed
 
     @property
     def frames_per_second(self) -> float:
@@ -81,11 +82,13 @@ class LocalRenderer:
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 
-    def render(self, audio_path: str, video_path: str, out_path: str, progress: ProgressFn | None = None) -> RenderSummary:
-        return asyncio.run(self.render_async(audio_path, video_path, out_path, progress))
+    def render(self, audio_path: str, video_path: str, out_path: str, progress: ProgressFn | None = None,
+               hls_dir: str | None = None) -> RenderSummary:
+        return asyncio.run(self.render_async(audio_path, video_path, out_path, progress, hls_dir))
 
     async def render_async(self, audio_path: str, video_path: str, out_path: str,
-                           progress: ProgressFn | None = None) -> RenderSummary:
+                           progress: ProgressFn | None = None, hls_dir: str | None = None) -> RenderSummary:
+        """``hls_dir``: also publish the live HLS stream there while rendering (actors/live_hls.py)."""
         opts = self.options
         t_start = time.perf_counter()
         stages = LocalStages(self.generator, self.cache, self.writer, opts.limits)
@@ -97,7 +100,7 @@ class LocalRenderer:
             result = await driver.render(RenderRequest(
                 audio_path=str(audio_path), video_path=str(video_path), out_path=str(out_path), work_dir=work_dir,
                 mode=opts.mode, avatar=avatar_params_for(opts, self.generator.crop_geometry),
-                segment_frames=opts.segment_frames))
+                segment_frames=opts.segment_frames, hls_dir=str(hls_dir) if hls_dir else None))
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         if progress:
@@ -115,6 +118,7 @@ class LocalRenderer:
             frames_without_face=int(plan.n_out - plan.face_present.sum()),
             wall_seconds=time.perf_counter() - t_start,
             stage_seconds=stage_seconds,
+            first_playable_s=result.first_playable_s,
         )
 
 

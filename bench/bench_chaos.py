@@ -61,7 +61,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lipserve-chaosbench-"))
     audio = write_audio(work / "speech.wav", speech_like(opts.seconds))
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8766})
     args = {"storage_dir": str(work / "storage"), "writer": {"segment_frames": 25},
             "generator": {"num_cpus": 0.5}, "jobs": {"heartbeat_s": 0.5}}

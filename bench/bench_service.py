@@ -75,7 +75,7 @@ def main() -> int:
         local.render(str(audio), str(TEMPLATE), str(work / f"local{i}.mp4"))
         local_s.append(time.perf_counter() - t0)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     port = 8765
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"

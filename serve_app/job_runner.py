@@ -28,6 +28,9 @@ from serve_app.ray_stages import RayStages, unwrap_ray_error
 
 log = logging.getLogger("lipserve.job_runner")
 
+# Stages that handle every output frame: their frames/s go into the record and lipserve_stage_fps.
+FRAME_STAGES = ("features", "generate_write", "finalize")
+
 
 def avatar_params(actors: PipelineActors, backend: str, box, args: LipserveArgs) -> AvatarParams:
     """The avatar a job of ``backend`` needs: cut with that generator's declared geometry."""
@@ -49,6 +52,8 @@ class AttemptState:
     progress: float = 0.0
     stage: str = "queued"
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    last_progress_at: float = field(default_factory=time.time)  # unix s: the stuck-job alert reads it
+    timings: dict[str, float] = field(default_factory=dict)  # this attempt's own stage seconds
 
 
 class _StoreEvents(DriveEvents):
@@ -59,10 +64,12 @@ class _StoreEvents(DriveEvents):
 
     def progress(self, stage: str, fraction: float | None) -> None:
         self.state.stage = stage
-        if fraction is not None:
-            self.state.progress = max(self.state.progress, fraction)
+        if fraction is not None and fraction > self.state.progress:
+            self.state.progress = fraction
+            self.state.last_progress_at = time.time()
 
     async def timing(self, stage: str, seconds: float) -> None:
+        self.state.timings[stage] = self.state.timings.get(stage, 0.0) + seconds
         await self.runner.store.add_timing(self.job_id, stage, seconds)
         if self.runner.metrics:
             self.runner.metrics.stage_seconds(stage, seconds)
@@ -80,6 +87,41 @@ class JobRunner:
         self.actors = actors
         self.owner = owner
         self.metrics = metrics
+        self.active: dict[str, AttemptState] = {}  # this replica's running attempts, by job id
+
+    def oldest_progress_at(self) -> float:
+        """The oldest last-progress time of the running attempts; now when none runs."""
+        return min((st.last_progress_at for st in self.active.values()), default=time.time())
+
+    async def _record_resources(self, job: JobRecord, state: AttemptState, frames: int, generator) -> None:
+        """This attempt's resource use (of ``generator``, the job's backend's actor) into its record
+        and the metrics (best effort: never fails a job)."""
+        try:
+            res = await generator.resources.remote()
+            fps = {stage: frames / seconds for stage, seconds in state.timings.items()
+                   if stage in FRAME_STAGES and seconds > 0 and frames}
+            await self.store.record_resources(job.id, self.owner, {
+                "generator_memory_bytes": res["memory_bytes"], "generator_memory_kind": res["memory_kind"],
+                "stage_fps": fps, "frames": frames})
+            if self.metrics:
+                self.metrics.generator(res)
+                for stage, value in fps.items():
+                    self.metrics.stage_fps.set(value, tags={"stage": stage})
+        except Exception as exc:  # noqa: BLE001 - telemetry only
+            log.warning("job %s: resource use not recorded (%s: %s)", job.id, type(exc).__name__, exc)
+
+    def _observe_claim(self, job: JobRecord) -> None:
+        """Queue wait of this attempt: from when the job became claimable to the claim."""
+        if not self.metrics or not job.attempts:
+            return
+        current = job.attempts[-1]
+        earlier = [a.ended_at for a in job.attempts[:-1] if a.ended_at]
+        ready = max([job.created_at, job.next_attempt_at, *earlier])
+        self.metrics.queue_wait.observe(max(0.0, current.started_at - ready))
+
+    def _observe_outcome(self, rec: JobRecord | None) -> None:
+        if self.metrics and rec is not None and rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            self.metrics.attempts.observe(sum(1 for a in rec.attempts if not a.released))
 
     async def _heartbeat(self, job_id: str, state: AttemptState) -> None:
         jobs = self.args.jobs
@@ -101,6 +143,15 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
 
+    async def _succeeded_here(self, job_id: str, result_path: str) -> bool:
+        """Whether the record says this attempt succeeded. ``succeed`` answers False when the job is
+        no longer ours, but also when a database connection broke after its COMMIT went through
+        (PostgreSQL: the retried transaction finds the job already succeeded, by us). The record
+        tells the two apart: our attempt, closed without an error, and our result."""
+        rec = await self.store.get(job_id)
+        return (rec is not None and rec.status == JobStatus.SUCCEEDED and rec.result_path == result_path
+                and bool(rec.attempts) and rec.attempts[-1].owner == self.owner and rec.attempts[-1].error is None)
+
     def _request(self, job: JobRecord, backend: str) -> RenderRequest:
         p = job.params
         result = str(self.storage.result_path(job.id))
@@ -110,10 +161,13 @@ class JobRunner:
             out_path=f"{result}.{self.owner.rsplit(':', 1)[-1]}-{len(job.attempts)}.partial.mp4",
             work_dir=str(self.storage.segments_dir(job.id)), mode="pingpong" if p.pingpong else "loop",
             avatar=avatar_params(self.actors, backend, p.box, self.args),
-            segment_frames=self.args.writer.segment_frames)
+            segment_frames=self.args.writer.segment_frames, hls_dir=str(self.storage.hls_dir(job.id)))
 
     async def run(self, job: JobRecord) -> JobRecord:
         state = AttemptState(progress=job.progress)
+        self.active[job.id] = state
+        self._observe_claim(job)
+        frames = 0
         heartbeat = asyncio.create_task(self._heartbeat(job.id, state))
         try:
             # The job's backend picks its generator actor; everything else is shared.
@@ -121,12 +175,14 @@ class JobRunner:
             driver = SegmentDriver(stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
             t0 = time.perf_counter()
             result = await driver.render(self._request(job, stages.backend))
+            frames = result.plan.n_out
+            await self._record_resources(job, state, frames, stages.generator)
             if self.metrics:
                 self.metrics.fps.set(result.plan.n_out / max(1e-6, time.perf_counter() - t0))
                 self.metrics.frames_generated(result.plan.n_out)
             final = str(self.storage.result_path(job.id))
             os.replace(result.out_path, final)
-            if not await self.store.succeed(job.id, self.owner, final):
+            if not await self.store.succeed(job.id, self.owner, final) and not await self._succeeded_here(job.id, final):
                 raise CancelledError("job was cancelled or taken over before it could be marked done")
             await asyncio.to_thread(self.storage.remove_job_work, job.id)  # inputs, segments; result stays
             if self.metrics:
@@ -144,17 +200,23 @@ class JobRunner:
                 # lapsed): leave the files, the new owner reuses the finished segments.
                 if await self.store.is_cancelled(job.id):
                     await asyncio.to_thread(self.storage.remove_job_work, job.id)
+                    await asyncio.to_thread(self.storage.remove_live_stream, job.id)
                 if self.metrics:
                     self.metrics.job_finished("cancelled", "cancelled")
             else:
                 log.warning("job %s attempt failed: [%s] %s", job.id, error.code.value, error.message)
+                await self._record_resources(job, state, frames)
                 rec = await self.store.fail_attempt(job.id, self.owner, error.to_dict(), self.args.jobs.max_attempts,
                                                     self.args.jobs.retry_backoff_s)
                 if rec is not None and rec.status == JobStatus.FAILED:
                     await asyncio.to_thread(self.storage.remove_job_work, job.id)
+                    await asyncio.to_thread(self.storage.remove_live_stream, job.id)
                     if self.metrics:
                         self.metrics.job_finished("failed", error.code.value)
         finally:
             state.cancelled.set()
             heartbeat.cancel()
-        return await self.store.get(job.id)
+            self.active.pop(job.id, None)
+        rec = await self.store.get(job.id)
+        self._observe_outcome(rec)
+        return rec

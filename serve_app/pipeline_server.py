@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -62,8 +63,10 @@ class PipelineServer:
         t_start = time.perf_counter()
         self.args = LipserveArgs.from_any(args)
         self.storage = Storage(self.args.storage_dir)
-        self.store = AsyncJobStore(open_job_store(self.args.job_store, self.args.database_path))
-        self.owner = f"pipeline@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.store = AsyncJobStore(open_job_store(self.args))
+        self.node_id = ray.get_runtime_context().get_node_id()
+        # Recorded on every attempt: which host, Ray node and process ran it.
+        self.owner = f"pipeline@{socket.gethostname()}:{self.node_id[:12]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.actors = create_actors(self.args, str(self.storage.avatar_cache_dir))
         self.warmup_info: dict = {"skipped": True}
         if self.args.warmup:
@@ -97,16 +100,17 @@ class PipelineServer:
         return {"id": job_id, "claimed": True, "status": rec.status if rec else "unknown"}
 
     async def ready(self) -> dict:
-        return {"owner": self.owner, "warmup": self.warmup_info}
+        return {"owner": self.owner, "node_id": self.node_id, "warmup": self.warmup_info}
 
     async def actor_pids(self) -> dict:
         """For operators and the chaos tests: which processes this replica's actors run in."""
         gens = await asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()])
         writers = await asyncio.gather(*[w.ping.remote() for w in self.actors.writers])
         generators = {name: info["pid"] for name, info in zip(self.actors.generators, gens)}
-        return {"replica_pid": os.getpid(), "generator": generators[self.actors.default_backend],
-                "generators": generators, "writers": list(writers),
-                "replica_actor": ray.get_runtime_context().get_actor_name()}
+        default = gens[list(self.actors.generators).index(self.actors.default_backend)]
+        return {"replica_pid": os.getpid(), "generator": default["pid"], "generators": generators,
+                "writers": list(writers), "replica_actor": ray.get_runtime_context().get_actor_name(),
+                "node_id": self.node_id, "generator_node_id": default["node_id"]}
 
     async def check_health(self) -> None:
         # Async, so it runs on the event loop without blocking behind jobs; actors must answer.
@@ -120,3 +124,19 @@ class PipelineServer:
             return  # restarting under max_restarts: not a reason to kill the replica
         except (ray.exceptions.ActorDiedError, asyncio.TimeoutError) as exc:
             raise LipserveError(f"pipeline actors do not answer: {type(exc).__name__}: {exc}") from exc
+        await self._sample_metrics()  # the health check's period is the gauges' sampling period
+
+    async def _sample_metrics(self) -> None:
+        """Gauges that describe the replica now: generator memory and GPUs, storage, stuck jobs."""
+        m = self.runner.metrics
+        if m is None:
+            return
+        try:
+            m.last_progress.set(self.runner.oldest_progress_at())
+            usage = await asyncio.to_thread(shutil.disk_usage, self.storage.root)
+            m.disk(str(self.storage.root), usage.free, usage.total)
+            for res in await asyncio.wait_for(
+                    asyncio.gather(*[g.resources.remote() for g in self.actors.generators.values()]), timeout=5.0):
+                m.generator(res)  # one GeneratorActor per served backend
+        except Exception as exc:  # noqa: BLE001 - telemetry never fails a health check
+            log.warning("metrics sample failed: %s: %s", type(exc).__name__, exc)

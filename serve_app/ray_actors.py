@@ -27,6 +27,7 @@ from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
 from actors.media.encode import pick_video_codec
+from actors.resources import generator_memory, gpu_stats
 from actors.segment_writer import SegmentWriter
 from serve_app.chaos import ChaosHooks
 from serve_app.config import GeneratorSettings, LipserveArgs
@@ -44,6 +45,7 @@ class GeneratorActor:
     def __init__(self, settings: GeneratorSettings, chaos_dir: str | None = None):
         g = settings
         self.generator = make_generator(g.backend, g.checkpoint, g.device, g.batch_size, g.precision)
+        self.device = g.device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
@@ -51,7 +53,14 @@ class GeneratorActor:
     def info(self) -> dict:
         # Its own concurrency group: answers health checks while a long forward pass runs.
         return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size,
-                "geometry": self.generator.crop_geometry}
+                "geometry": self.generator.crop_geometry, "node_id": ray.get_runtime_context().get_node_id()}
+
+    @ray.method(concurrency_group="control")
+    def resources(self) -> dict:
+        """Memory (peak CUDA on a GPU, else peak RSS) and the utilisation / memory of its GPUs."""
+        memory, kind = generator_memory(self.device)
+        return {"actor": f"GeneratorActor:{self.pid}", "memory_bytes": memory, "memory_kind": kind,
+                "gpus": gpu_stats([str(g) for g in ray.get_gpu_ids()])}
 
     def prepare_latents(self, avatar: Avatar) -> str | None:
         """The avatar's cached per-frame latents for this model (encoded here, once per template,

@@ -62,17 +62,19 @@ def _open_audio(path, limits: MediaLimits):
     return container, stream
 
 
-def probe_audio(path, limits: MediaLimits | None = None) -> None:
+def probe_audio(path, limits: MediaLimits | None = None) -> float | None:
     """Cheap submission-time check: the header checks of :func:`decode_audio` plus decoding up to
     the first samples (so empty or undecodable audio is caught) without decoding the whole file.
-    A header without a duration is checked against the limit only when the job decodes it."""
+    A header without a duration is checked against the limit only when the job decodes it.
+    Returns the declared duration in seconds (None when the header has none)."""
     p, name = str(path), os.fspath(path)
     container, stream = _open_audio(path, limits or MediaLimits())
     with container:
+        declared = declared_duration_s(container, stream)
         try:
             for frame in container.decode(stream):
                 if frame.samples > 0:
-                    return
+                    return declared
         except av.error.FFmpegError as exc:
             raise decode_failure(exc, f"{name}: audio could not be decoded ({reason(exc)})", p) from exc
     raise EmptyAudioError(f"{name}: the audio stream holds no samples", path=p)

@@ -42,7 +42,7 @@ def open_media(path: str | os.PathLike):
         container = av.open(p, mode="r", options=dict(_OPTIONS))
     except (av.error.PermissionError, av.error.ArgumentError) as exc:
         # What the whitelists answer for a demuxer or protocol they refuse (EPERM / EINVAL).
-        raise UnreadableFileError(f"{p}: not a media file of an accepted kind ({ACCEPTED}; playlists and "
+        raise UnreadableFileError(f"{p}: not an audio or video file of an accepted kind ({ACCEPTED}; playlists and "
                                   "lists of other files are refused)", path=p) from exc
     except av.error.FFmpegError as exc:
         raise decode_failure(exc, f"{p}: not a readable media file ({reason(exc)})", p) from exc

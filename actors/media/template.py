@@ -71,6 +71,21 @@ def _video_stream(container, path: str):
         f"{path} has no video stream (streams found: {', '.join(kinds)})", path=path)
 
 
+def _header_size(stream) -> tuple[int, int]:
+    return int(stream.codec_context.width), int(stream.codec_context.height)
+
+
+def _check_frame_size(frame, header: tuple[int, int], index: int | None, path: str) -> None:
+    """Every decoded frame, not just the header: a stream whose frames grow after the header (a
+    work and memory bomb that passes the probe) is refused."""
+    size = (int(frame.width), int(frame.height))
+    if size != header:
+        at = f"frame {index}" if index is not None else "a frame"
+        err = MediaTooLargeError if size[0] * size[1] > header[0] * header[1] else UnreadableFileError
+        raise err(f"{path}: {at} is {size[0]}x{size[1]}, but the video stream declares "
+                  f"{header[0]}x{header[1]} (frame sizes must not change)", path=path)
+
+
 def _stream_fps(stream) -> Fraction:
     for rate in (stream.average_rate, stream.guessed_rate):
         if rate is not None and 0 < rate <= _MAX_SANE_FPS:
@@ -147,6 +162,9 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
             raise MediaTooLargeError(
                 f"{path}: video is {coded_w}x{coded_h}, over the limit of "
                 f"{limits.max_width}x{limits.max_height} / {limits.max_pixels} pixels", path=path)
+        if fps > limits.max_fps:
+            raise InvalidParameterError(
+                f"{path}: video runs at {float(fps):.2f} fps, over the limit of {limits.max_fps:g} fps", path=path)
         header_duration = declared_duration_s(container, stream)
         if header_duration is not None and header_duration > limits.max_duration_s:
             raise MediaTooLongError(
@@ -184,8 +202,10 @@ def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tupl
         stream.thread_type = "AUTO"
         rotation = None
         index = -1
+        header = _header_size(stream)
         for frame in container.decode(stream):
             index += 1
+            _check_frame_size(frame, header, index, path)
             if stop is not None and index >= stop:
                 break
             if rotation is None:
@@ -236,7 +256,9 @@ def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
             raise _SeekMissed() from exc
         rotation = None
         index = None
+        header = _header_size(stream)
         for frame in container.decode(stream):
+            _check_frame_size(frame, header, index, path)
             if index is None:
                 if frame.pts is None:
                     raise _SeekMissed()

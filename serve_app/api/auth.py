@@ -10,6 +10,10 @@ When no key is configured, auth is off and every request is the ``ANONYMOUS`` te
 network only; documented in docs/SECURITY.md). When any key is configured, the protected prefixes
 (``/v1/``, and ``/easy/`` unless ``duix.auth: none``) require ``Authorization: Bearer <key>``;
 ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes.
+
+The live HLS routes (``QUERY_TOKEN_PATHS``) also take the key as ``?access_token=<key>``: the
+browser's own HLS player fetches the playlist and segments itself and cannot add a header. Only
+there, and only when no ``Authorization`` header is sent.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qs
 
-from serve_app.api.codes import ForbiddenError, UnauthorizedError, envelope_bytes
+from actors.errors import ForbiddenError, UnauthorizedError
+from serve_app.api.body_limit import route_path
+from serve_app.api.errors import envelope_bytes, headers_for, status_for
 
 ENV_KEYS = "LIPSERVE_API_KEYS"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MIN_KEY_LENGTH = 16  # short keys can be guessed; refuse them at startup
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The live stream's playlist and segments (serve_app/api/routes/hls.py).
+QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -136,26 +145,36 @@ class ApiKeyMiddleware:
     ``scope["state"]["tenant"]`` (``request.state.tenant`` in handlers; see ``tenant_of``)."""
 
     def __init__(self, app, keyring: ApiKeyRing, *, protected_prefixes: tuple[str, ...] = ("/v1/",),
-                 open_paths: frozenset[str] = OPEN_PATHS):
+                 open_paths: frozenset[str] = OPEN_PATHS, query_token_paths: re.Pattern | None = QUERY_TOKEN_PATHS):
         self.app = app
         self.keyring = keyring
         self.protected_prefixes = protected_prefixes
         self.open_paths = open_paths
+        self.query_token_paths = query_token_paths
 
     def _protected(self, path: str) -> bool:
         if path in self.open_paths:
             return False
         return any(path.startswith(p) or path == p.rstrip("/") for p in self.protected_prefixes)
 
+    def _query_token(self, scope: dict[str, Any]) -> str | None:
+        """``Bearer <access_token>`` for the paths that may carry the key in the query string."""
+        if self.query_token_paths is None or not self.query_token_paths.match(scope.get("path", "")):
+            return None
+        tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token")
+        return f"Bearer {tokens[0]}" if tokens else None
+
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
             state = scope.setdefault("state", {})
             tenant = ANONYMOUS
-            if self._protected(scope.get("path", "")):
+            if self._protected(route_path(scope)):
                 header = None
                 for name, value in scope.get("headers", ()):
                     if name == b"authorization":
                         header = value.decode("latin-1")
+                if header is None:
+                    header = self._query_token(scope)
                 try:
                     tenant = self.keyring.authenticate(header)
                 except UnauthorizedError as err:
@@ -174,8 +193,8 @@ def tenant_of(request) -> Tenant:
 
 
 async def _send_error(send, err: UnauthorizedError) -> None:
-    body = envelope_bytes(err.code, err.message, err.retryable)
+    body = envelope_bytes(err)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    headers += [(k.lower().encode(), v.encode()) for k, v in headers_for(err).items()]
+    await send({"type": "http.response.start", "status": status_for(err), "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from actors.errors import ErrorCode, MediaTooLargeError
-from serve_app.api.codes import envelope_bytes
+from actors.errors import MediaTooLargeError
+from serve_app.api.errors import envelope_bytes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,6 +25,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 KIB = 1024
+
+
+def route_path(scope: Scope) -> str:
+    """The path as the app's routes see it: without the mount prefix (``root_path``) that Serve
+    puts in front when the application has a ``route_prefix`` (``/limited/v1/jobs`` -> ``/v1/jobs``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
 
 
 class BodyTooLargeError(MediaTooLargeError):
@@ -73,7 +82,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.limit_for(scope.get("path", ""))
+        limit = self.limits.limit_for(route_path(scope))
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _send_413(send, limit, declared)
@@ -134,7 +143,7 @@ def _message(limit: int) -> str:
 
 async def _send_413(send: Send, limit: int, declared: int | None) -> None:
     text = _message(limit) if declared is None else f"request body of {declared} bytes is over the limit of {limit} bytes for this route"
-    body = envelope_bytes(ErrorCode.MEDIA_TOO_LARGE, text, retryable=False)
+    body = envelope_bytes(MediaTooLargeError(text, path="request body"))
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

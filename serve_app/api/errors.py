@@ -6,6 +6,7 @@ API keeps its own envelope (``serve_app/api/duix``), which its routes build them
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -56,11 +57,28 @@ def status_for(err: LipserveError) -> int:
     return 422 if isinstance(err, InputError) else 500
 
 
-def error_response(err: LipserveError, headers: dict[str, str] | None = None) -> JSONResponse:
+def headers_for(err: LipserveError) -> dict[str, str]:
+    """``Retry-After`` where the error says when to come back; the auth challenge on 401."""
+    headers: dict[str, str] = {}
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
-        headers = {**(headers or {}), "Retry-After": str(int(retry_after))}
-    return JSONResponse({"error": err.to_dict()}, status_code=status_for(err), headers=headers)
+        headers["Retry-After"] = str(int(retry_after))
+    if err.code == ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="lipserve"'
+    return headers
+
+
+def envelope(err: LipserveError) -> dict:
+    return {"error": err.to_dict()}
+
+
+def envelope_bytes(err: LipserveError) -> bytes:
+    """The envelope as bytes, for the pure-ASGI middlewares that answer before the app runs."""
+    return json.dumps(envelope(err), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_response(err: LipserveError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(envelope(err), status_code=status_for(err), headers={**headers_for(err), **(headers or {})})
 
 
 def responses(*statuses: int) -> dict[int | str, dict]:

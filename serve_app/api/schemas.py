@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.errors import ErrorCode
-from serve_app.jobs.records import Attempt, ErrorInfo, JobParams, JobStatus
+from serve_app.jobs.records import AttemptResources, ErrorInfo, Incident, JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -34,24 +34,48 @@ class JobSubmission(BaseModel):
     pingpong: bool = True
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
     box: list[int] | None = Field(None, min_length=4, max_length=4, description="face box x1 y1 x2 y2")
+    callback_url: str | None = Field(None, max_length=4096,
+                                     description="https URL POSTed the signed job JSON on every terminal state")
+
+
+class AttemptView(BaseModel):
+    n: int
+    started_at: float
+    ended_at: float | None = None
+    error: ErrorInfo | None = None
+    released: bool = False
+    owner: str | None = Field(None, description="admin keys only")
+    incidents: list[Incident] | None = Field(None, description="admin keys only")
+
+
+class WebhookView(BaseModel):
+    status: str = Field(description="pending, delivered or failed (gave up)")
+    attempts: int
+    last_error: str | None = None
+    next_attempt_at: float | None = None
 
 
 class JobView(BaseModel):
-    """A job as the API shows it."""
+    """A job as the API shows it: no server paths, hostnames or pids unless the key is an admin's."""
 
     id: str
     status: JobStatus
     priority: int
-    params: JobParams | None = None
+    tenant: str
+    params: dict[str, Any] | None = Field(None, description="backend, pingpong, box and the client's input names")
     meta: dict[str, Any] = {}
     progress: float = Field(ge=0, le=1)
     stage: str | None = None
     timings: dict[str, float] = {}
-    attempts: list[Attempt] = []
+    attempts: list[AttemptView] = []
     failed_attempts: int = 0
+    resources: AttemptResources | None = Field(None, description="resource use of the latest measured attempt")
     error: ErrorInfo | None = None
-    result_path: str | None = None
-    owner: str | None = None
+    result_expired: bool = False
+    expired_at: float | None = None
+    webhook: WebhookView | None = None
+    result_path: str | None = Field(None, description="admin keys only")
+    owner: str | None = Field(None, description="admin keys only")
     lease_until: float | None = None
     next_attempt_at: float = 0.0
     created_at: float
@@ -62,14 +86,21 @@ class JobView(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobView]
+    limit: int
+    offset: int
 
 
 class AvatarView(BaseModel):
     avatar_id: str
+    name: str | None = None  # the registered file's name, as the client sent it
     width: int
     height: int
     fps: float
     frames: int
+
+
+class AvatarList(BaseModel):
+    avatars: list[AvatarView]
 
 
 class BackendList(BaseModel):

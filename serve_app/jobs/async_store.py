@@ -31,7 +31,18 @@ class AsyncJobStore:
 
     def __init__(self, store: JobStore, workers: int = 8, name: str = "lipserve-store"):
         self.sync = store
+        self.lane_name = name
         self.lane = BlockingLane(name, workers)
+        self._wake_lane: BlockingLane | None = None
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """``JobStore.wait_for_work`` on a thread of its own: it blocks for up to ``timeout``, and
+        must hold no thread the store calls need. Every backend has it (PostgreSQL: LISTEN/NOTIFY
+        across processes and clusters; the others: this process's events, else a poll timeout), so
+        a dispatcher uses it as its wake-up source whatever the store is."""
+        if self._wake_lane is None:
+            self._wake_lane = BlockingLane(f"{self.lane_name}-wake", 1)
+        return await self._wake_lane.run(self.sync.wait_for_work, timeout)
 
     def __getattr__(self, name: str):
         if name not in STORE_METHODS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from serve_app.jobs.store import JobStore
 
@@ -31,7 +32,27 @@ def postgres_url(configured: str | None) -> str:
     return url
 
 
-def open_job_store(kind: str, database: str) -> JobStore:
+class StoreSettings(Protocol):
+    """What selects and locates the store (``LipserveArgs`` has these)."""
+
+    job_store: str  # local | actor | postgres
+    database_url: str | None  # a postgresql:// URL, or an SQLite file
+
+    @property
+    def database_path(self) -> str:  # the SQLite file of local / actor
+        ...
+
+
+def open_job_store(settings: StoreSettings) -> JobStore:
+    """The store the application's settings select: the one place ingress and pipeline replicas
+    open it. ``postgres`` never falls back to an SQLite file: without a URL in the
+    config or the environment it refuses to start."""
+    if settings.job_store == "postgres":
+        return open_store("postgres", postgres_url(settings.database_url))
+    return open_store(settings.job_store, settings.database_path, getattr(settings, "store_actor", None))
+
+
+def open_store(kind: str, database: str, actor_settings=None) -> JobStore:
     """``local``: this process opens the SQLite file (one machine). ``actor``: one detached store
     actor on the head node owns it (``store_actor.py``). ``postgres``: every process connects to the
     database at the URL ``database`` (``postgres_url``), so no node holds job state."""
@@ -44,7 +65,7 @@ def open_job_store(kind: str, database: str) -> JobStore:
 
         from serve_app.jobs.store_actor import RemoteJobStore, store_actor
 
-        actor = store_actor(database)
+        actor = store_actor(database, actor_settings)
         actual = ray.get(actor.database_path.remote())
         if actual != database:  # one store per cluster: two apps must not disagree silently
             raise StoreConfigError(f"the cluster's job store actor uses {actual}, not {database}")

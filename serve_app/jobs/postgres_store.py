@@ -32,8 +32,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from serve_app.jobs.postgres_api_tables import OUTBOX_INSERT, PostgresApiTables
 from serve_app.jobs.pg_migrations import MIGRATIONS_DIR, migrate
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.rows import COLUMNS, from_row, to_row
 from serve_app.jobs.store import DuplicateJobError, JobStoreUnavailableError, TransactionalJobStore
 
@@ -69,7 +70,7 @@ def redact(url: str) -> str:
     return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
 
 
-class PostgresJobStore(TransactionalJobStore):
+class PostgresJobStore(PostgresApiTables, TransactionalJobStore):
     """Thread-safe; any number of processes and clusters may share one database."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, retry_s: float = 30.0,
@@ -150,8 +151,10 @@ class PostgresJobStore(TransactionalJobStore):
             else:  # read after the lock is held: a wait for the lock does not age t
                 t = float(conn.execute(_DB_TIME).fetchone()[0]) if row else 0.0
 
-            def write(rec: JobRecord) -> None:
+            def write(rec: JobRecord, outbox_rows: Sequence[dict] = ()) -> None:
                 conn.execute(_UPDATE, to_row(rec))
+                for delivery in outbox_rows:  # in the same transaction as the terminal state
+                    conn.execute(OUTBOX_INSERT, delivery)
 
             # Leaving the block commits (a read-only transaction just releases the lock); an
             # exception from the caller's body rolls back.
@@ -176,21 +179,6 @@ class PostgresJobStore(TransactionalJobStore):
     def get(self, job_id: str) -> JobRecord | None:
         rows = self._query(f"get job {job_id}", f"{_SELECT} WHERE id = %s", (job_id,))
         return from_row(rows[0]) if rows else None
-
-    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[JobRecord]:
-        """Jobs newest first, optionally only those with ``status``."""
-        where, args = ("WHERE status = %s", [str(status)]) if status else ("", [])
-        rows = self._query("list jobs", f"{_SELECT} {where} ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
-                           (*args, int(limit), int(offset)))
-        return [from_row(r) for r in rows]
-
-    def count(self, status: str | Sequence[str] | None = None) -> int:
-        if status is None:
-            return int(self._query("count jobs", "SELECT COUNT(*) FROM jobs")[0][0])
-        statuses = [str(s) for s in ((status,) if isinstance(status, (str, JobStatus)) else status)]
-        if not statuses:
-            return 0
-        return int(self._query("count jobs", "SELECT COUNT(*) FROM jobs WHERE status = ANY(%s)", (statuses,))[0][0])
 
     def claimable(self, now: float | None = None, limit: int = 100) -> list[str]:
         """Ids a worker may claim now (by the database clock), priority desc, then oldest first."""

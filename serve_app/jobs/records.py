@@ -67,6 +67,16 @@ class Incident(BaseModel):
         return str(v or "").strip() or "incident without further detail"
 
 
+class AttemptResources(BaseModel):
+    """What one attempt used: generator memory (peak CUDA memory on a GPU, else the generator
+    process's peak RSS) and output frames per second of each stage that handles every frame."""
+
+    generator_memory_bytes: int | None = None
+    generator_memory_kind: str | None = None  # "cuda_peak" | "rss"
+    stage_fps: dict[str, float] = Field(default_factory=dict)
+    frames: int = 0
+
+
 class Attempt(BaseModel):
     n: int
     owner: str
@@ -75,6 +85,7 @@ class Attempt(BaseModel):
     error: ErrorInfo | None = None
     released: bool = False  # given back on drain: does not count against max_attempts
     incidents: list[Incident] = Field(default_factory=list)
+    resources: AttemptResources | None = None
 
 
 class JobParams(BaseModel):
@@ -96,6 +107,9 @@ class JobParams(BaseModel):
                 self.video_path: self.display.get("video", "video")}
 
 
+DEFAULT_TENANT = "default"  # every job when auth is off
+
+
 class JobRecord(BaseModel):
     """One job as stored. Mutable on purpose: store transitions change a fresh copy in place."""
 
@@ -103,6 +117,7 @@ class JobRecord(BaseModel):
 
     id: str
     status: JobStatus
+    tenant: str = DEFAULT_TENANT  # who owns it: other tenants cannot see, cancel or download it
     priority: int = 0
     params: JobParams | None = None
     meta: dict[str, Any] = Field(default_factory=dict)  # client-side extras (duix task, avatar id)
@@ -119,6 +134,7 @@ class JobRecord(BaseModel):
     updated_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    expired_at: float | None = None  # retention removed the result (GET .../result answers 410)
 
     @property
     def terminal(self) -> bool:
@@ -135,8 +151,29 @@ class JobRecord(BaseModel):
             return self.attempts[-1]
         return None
 
-    def to_api(self) -> dict[str, Any]:
-        """A JSON-able dict for the HTTP API (a deep copy)."""
+    @property
+    def callback_url(self) -> str | None:
+        url = self.meta.get("callback_url")
+        return url if isinstance(url, str) and url else None
+
+    def to_api(self, admin: bool = False) -> dict[str, Any]:
+        """A JSON-able dict for the HTTP API (a deep copy). Without ``admin``: no server paths,
+        hostnames or pids (no ``result_path``, ``owner``, attempt owners or incident messages;
+        ``params`` shows the client's own names for its inputs)."""
         d = self.model_dump(mode="json")
         d["failed_attempts"] = self.failed_attempts
+        # The latest measured attempt's resource use (each attempt keeps its own in ``attempts``).
+        measured = [a for a in d["attempts"] if a.get("resources")]
+        d["resources"] = measured[-1]["resources"] if measured else None
+        d["result_expired"] = self.expired_at is not None
+        if admin:
+            return d
+        for key in ("result_path", "owner"):
+            d.pop(key, None)
+        if self.params is not None:
+            d["params"] = {"backend": self.params.backend, "pingpong": self.params.pingpong,
+                           "box": list(self.params.box) if self.params.box else None,
+                           "inputs": dict(self.params.display)}
+        d["attempts"] = [{k: a[k] for k in ("n", "started_at", "ended_at", "error", "released")}
+                         for a in d["attempts"]]
         return d

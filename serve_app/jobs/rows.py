@@ -9,7 +9,7 @@ from serve_app.jobs.records import JobRecord
 
 COLUMNS = ("id", "status", "priority", "params", "meta", "progress", "stage", "timings", "attempts", "error",
            "result_path", "owner", "lease_until", "next_attempt_at", "created_at", "updated_at", "started_at",
-           "finished_at")
+           "finished_at", "tenant", "expired_at")
 JSON_COLUMNS = frozenset({"params", "meta", "timings", "attempts", "error"})
 
 

@@ -14,6 +14,12 @@ released, or requeued for a retry) or ``timeout`` passes, and says which. Postgr
 events across processes (``LISTEN/NOTIFY``); the default here only sees this process's own calls
 (an in-process ``threading.Event``), so with SQLite it is in effect a poll timeout for work created
 elsewhere. A wake-up is a hint: the caller still asks ``claimable()``.
+
+Besides the jobs, a store keeps two small tables (``serve_app/jobs/outbox.py`` has the shared
+logic): the webhook **outbox** (a row is added in the same transaction that makes a job with a
+``callback_url`` terminal, so a delivery is never lost to a crash between the two) and
+**request keys** (``Idempotency-Key``s and used Duix codes: scope -> request fingerprint, job id,
+expiry).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import threading
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Protocol, Sequence
 
-from serve_app.jobs import transitions
-from serve_app.jobs.records import ErrorInfo, JobParams, JobRecord, JobStatus
+from serve_app.jobs import outbox, transitions
+from serve_app.jobs.records import DEFAULT_TENANT, ErrorInfo, JobParams, JobRecord, JobStatus
 
 
 class DuplicateJobError(ValueError):
@@ -39,11 +45,25 @@ class JobStoreUnavailableError(RuntimeError):
 
 class JobStore(Protocol):
     def create(self, params: JobParams, priority: int = 0, job_id: str | None = None,
-               meta: dict | None = None, now: float | None = None) -> JobRecord: ...
+               meta: dict | None = None, now: float | None = None, tenant: str = DEFAULT_TENANT) -> JobRecord: ...
     def get(self, job_id: str) -> JobRecord | None: ...
-    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[JobRecord]: ...
-    def count(self, status: str | Sequence[str] | None = None) -> int: ...
+    def list(self, status: str | None = None, limit: int = 100, offset: int = 0,
+             tenant: str | None = None) -> list[JobRecord]: ...
+    def count(self, status: str | Sequence[str] | None = None, tenant: str | None = None) -> int: ...
+    def count_by_tenant(self, status: str) -> dict[str, int]: ...
     def claimable(self, now: float | None = None, limit: int = 100) -> list[str]: ...
+    def claimable_with_tenants(self, now: float | None = None, limit: int = 100) -> list[tuple[str, str]]: ...
+    def expire(self, job_id: str, now: float | None = None) -> JobRecord | None: ...
+    def expirable(self, finished_before: float, limit: int = 100) -> list[str]: ...
+    # webhook outbox (rows: see outbox.delivery_row)
+    def outbox_due(self, now: float | None = None, limit: int = 32, lease_s: float = 60.0) -> list[dict]: ...
+    def outbox_delivered(self, delivery_id: str, now: float | None = None) -> bool: ...
+    def outbox_failed(self, delivery_id: str, next_at: float | None, error: str, now: float | None = None) -> bool: ...
+    def deliveries(self, job_id: str) -> list[dict]: ...
+    # request keys (Idempotency-Key, used Duix codes)
+    def reserve_key(self, scope: str, fingerprint: str, job_id: str, expires_at: float,
+                    now: float | None = None) -> tuple[str, str] | None: ...
+    def release_key(self, scope: str) -> bool: ...
     def is_cancelled(self, job_id: str) -> bool: ...
     def claim(self, job_id: str, owner: str, lease_s: float, now: float | None = None,
               max_attempts: int | None = None) -> JobRecord | None: ...
@@ -51,6 +71,7 @@ class JobStore(Protocol):
                   stage: str | None = None, now: float | None = None) -> bool: ...
     def add_incident(self, job_id: str, owner: str, code: str, message: str, now: float | None = None) -> bool: ...
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool: ...
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool: ...
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool: ...
     def fail_attempt(self, job_id: str, owner: str, error: Any, max_attempts: int, backoff_s: float,
                      now: float | None = None) -> JobRecord | None: ...
@@ -64,7 +85,9 @@ class JobStore(Protocol):
 # The methods a remote client (the store actor) may call.
 STORE_METHODS = frozenset({
     "create", "get", "list", "count", "claimable", "is_cancelled", "claim", "heartbeat", "add_incident",
-    "add_timing", "succeed", "fail_attempt", "release", "cancel", "delete",
+    "add_timing", "record_resources", "succeed", "fail_attempt", "release", "cancel", "delete",
+    "count_by_tenant", "claimable_with_tenants", "expire", "expirable",
+    "outbox_due", "outbox_delivered", "outbox_failed", "deliveries", "reserve_key", "release_key",
 })
 
 Mutation = Callable[[JobRecord, float], bool]
@@ -79,6 +102,8 @@ class TransactionalJobStore(abc.ABC):
     def _transaction(self, job_id: str, now: float | None, skip_locked: bool = False
                      ) -> AbstractContextManager[tuple[JobRecord | None, float, Callable[[JobRecord], None]]]:
         """Lock the job's row; yields ``(record or None, t, write)``; ``write(rec)`` stores it.
+        ``write(rec, outbox_rows)`` also inserts those webhook outbox rows (``outbox.delivery_row``)
+        in the same transaction; it is only called so when there are rows.
         ``skip_locked`` (claims): a row another transaction holds yields None at once instead of
         waiting; a backend that serialises all writers anyway may ignore it."""
 
@@ -96,17 +121,19 @@ class TransactionalJobStore(abc.ABC):
         with self._transaction(job_id, now, skip_locked) as (rec, t, write):
             if rec is None:
                 return False, None
+            was_terminal = rec.terminal
             changed = bool(fn(rec, t))
             if changed:
-                write(rec)
+                rows = outbox.rows_on_terminal(rec, was_terminal, t)
+                write(rec, rows) if rows else write(rec)
             return changed, rec
 
     def create(self, params: JobParams, priority: int = 0, job_id: str | None = None,
-               meta: dict | None = None, now: float | None = None) -> JobRecord:
+               meta: dict | None = None, now: float | None = None, tenant: str = DEFAULT_TENANT) -> JobRecord:
         import uuid
 
         t = self._clock(now)
-        rec = JobRecord(id=job_id or uuid.uuid4().hex, status=JobStatus.QUEUED, priority=int(priority),
+        rec = JobRecord(id=job_id or uuid.uuid4().hex, status=JobStatus.QUEUED, priority=int(priority), tenant=tenant,
                         params=JobParams.model_validate(params), meta=dict(meta or {}),
                         next_attempt_at=t, created_at=t, updated_at=t)
         self._insert(rec)
@@ -139,6 +166,9 @@ class TransactionalJobStore(abc.ABC):
     def add_timing(self, job_id: str, stage: str, seconds: float) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.add_timing(r, stage, seconds))[0]
 
+    def record_resources(self, job_id: str, owner: str, resources: dict, now: float | None = None) -> bool:
+        return self._mutate(job_id, lambda r, t: transitions.record_resources(r, owner, resources, t), now)[0]
+
     def succeed(self, job_id: str, owner: str, result_path: str, now: float | None = None) -> bool:
         return self._mutate(job_id, lambda r, t: transitions.succeed(r, owner, result_path, t), now)[0]
 
@@ -161,6 +191,10 @@ class TransactionalJobStore(abc.ABC):
         """Cancel a queued or running job; a terminal job is returned unchanged; None if unknown.
         A running owner learns of it on its next heartbeat (which returns False)."""
         return self._mutate(job_id, lambda r, t: transitions.cancel(r, t), now)[1]
+
+    def expire(self, job_id: str, now: float | None = None) -> JobRecord | None:
+        """Mark the job's result as removed by retention (the caller deletes the files)."""
+        return self._mutate(job_id, lambda r, t: transitions.expire(r, t), now)[1]
 
     def is_cancelled(self, job_id: str) -> bool:
         rec = self.get(job_id)

@@ -64,15 +64,17 @@ class RemoteJobStore:
         pass
 
 
-def store_actor(database_path: str):
-    """Get or create the cluster's store actor (pinned to the head node, detached, restartable)."""
-    return ray.remote(JobStoreService).options(
-        name=STORE_ACTOR_NAME,
-        namespace=STORE_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=5,  # calls caught by a restart are re-sent to the new process
-        num_cpus=0,
-        resources={"node:__internal_head__": 0.001},
-    ).remote(database_path)
+def actor_options(settings=None) -> dict:
+    """The store actor's Ray options, from ``LipserveArgs.store_actor`` (defaults without one)."""
+    pin = getattr(settings, "pin_to_head", True)
+    opts = {"name": STORE_ACTOR_NAME, "namespace": STORE_NAMESPACE, "lifetime": "detached", "get_if_exists": True,
+            "max_restarts": getattr(settings, "max_restarts", -1),
+            "max_task_retries": getattr(settings, "max_task_retries", 5), "num_cpus": 0}
+    if pin:
+        opts["resources"] = {"node:__internal_head__": 0.001}
+    return opts
+
+
+def store_actor(database_path: str, settings=None):
+    """Get or create the cluster's store actor (detached, restartable, on the head by default)."""
+    return ray.remote(JobStoreService).options(**actor_options(settings)).remote(database_path)

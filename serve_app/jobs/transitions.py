@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from serve_app.jobs.records import ACTIVE, Attempt, ErrorInfo, Incident, JobRecord, JobStatus
+from serve_app.jobs.records import ACTIVE, Attempt, AttemptResources, ErrorInfo, Incident, JobRecord, JobStatus
 
 
 def _iso(ts: float | None) -> str:
@@ -84,6 +84,16 @@ def add_incident(rec: JobRecord, owner: str, code: str, message: str, t: float) 
     return True
 
 
+def record_resources(rec: JobRecord, owner: str, resources: dict, t: float) -> bool:
+    """The open attempt's resource use (``AttemptResources`` fields); only its owner writes it."""
+    att = rec.open_attempt
+    if not owned(rec, owner) or att is None:
+        return False
+    att.resources = AttemptResources.model_validate(resources)
+    rec.updated_at = t
+    return True
+
+
 def add_timing(rec: JobRecord, stage: str, seconds: float) -> bool:
     rec.timings[stage] = float(rec.timings.get(stage, 0.0)) + float(seconds)
     return True
@@ -141,4 +151,12 @@ def cancel(rec: JobRecord, t: float) -> bool:
         att.ended_at, att.error = t, err
     rec.status, rec.error, rec.owner, rec.lease_until, rec.finished_at, rec.updated_at = (
         JobStatus.CANCELLED, err, None, None, t, t)
+    return True
+
+
+def expire(rec: JobRecord, t: float) -> bool:
+    """Retention removed the result: the job stays ``succeeded`` and says its result expired."""
+    if rec.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED) or rec.expired_at is not None:
+        return False
+    rec.expired_at, rec.result_path, rec.updated_at = t, None, t
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -24,10 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(num_cpus: int = 8) -> int:
-    """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors)."""
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+def start_cluster(num_cpus: int = 8, system_config: dict | None = None) -> int:
+    """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors).
+    ``system_config``: Ray internals a module needs (e.g. a short metrics report interval)."""
+    # address="local": always a fresh cluster of our own, never one another process started.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}, _system_config=system_config)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
@@ -62,9 +65,10 @@ def deploy(args: dict, name: str = "lipserve", prefix: str = "/", blocking: bool
 
 
 class Client:
-    def __init__(self, base: str):
+    def __init__(self, base: str, key: str | None = None):
         self.base = base.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, timeout=60)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base, timeout=60, headers=headers)
 
     def submit_files(self, audio: Path, video: Path, **fields) -> httpx.Response:
         with open(audio, "rb") as a, open(video, "rb") as v:
@@ -74,6 +78,17 @@ class Client:
 
     def submit_json(self, **body) -> httpx.Response:
         return self.http.post("/v1/jobs", json=body)
+
+    def download_result(self, job_id: str) -> Path:
+        """The job's MP4 over HTTP, into a temp file (records carry no server paths)."""
+        import tempfile
+
+        r = self.http.get(f"/v1/jobs/{job_id}/result")
+        r.raise_for_status()
+        fd, name = tempfile.mkstemp(suffix=".mp4", prefix=f"result-{job_id}-")
+        with open(fd, "wb") as f:
+            f.write(r.content)
+        return Path(name)
 
     def job(self, job_id: str) -> dict:
         r = self.http.get(f"/v1/jobs/{job_id}")
@@ -127,8 +142,29 @@ def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.
         time.sleep(interval)
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    """Whether ``pid`` runs under this test process (our cluster's raylet and its workers do; the
+    clusters of other processes on the machine do not)."""
+    me = os.getpid()
+    for _ in range(64):
+        pid = _parent(pid)
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def ray_processes(prefix: str) -> list[tuple[int, str]]:
-    """(pid, state) of live processes whose title starts with ``prefix`` (e.g. 'ray::GeneratorActor')."""
+    """(pid, state) of this cluster's live processes whose title starts with ``prefix`` (e.g.
+    'ray::GeneratorActor')."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -138,7 +174,7 @@ def ray_processes(prefix: str) -> list[tuple[int, str]]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if title.startswith(prefix):
+        if title.startswith(prefix) and _descends_from_us(int(entry.name)):
             found.append((int(entry.name), state))
     return found
 

@@ -32,9 +32,15 @@ from tests.service.harness import (
 POOL = 2
 
 
+ADMIN_KEY = "ops-admin-key-0123456789abcdef"  # attempt owners are shown to admin keys only
+
+
 def chaos_args(storage: Path, chaos_dir: Path) -> dict:
+    keys = storage.parent / "keys.txt"
+    keys.write_text(f"ops:{ADMIN_KEY}\n")
     return small_args(
         storage,
+        auth={"keys_file": str(keys), "admin_tenants": ["ops"]},
         chaos_dir=str(chaos_dir),
         job_store="actor",  # the multi-node store: also survives the whole-app restart below
         writer={"pool_size": POOL, "num_cpus": 0.1, "segment_frames": 10},
@@ -52,14 +58,14 @@ def env(tmp_path_factory):
     storage, chaos_dir, media = root / "storage", root / "faults", root / "media"
     chaos_dir.mkdir()
     deploy(chaos_args(storage, chaos_dir))
-    client = Client(f"http://127.0.0.1:{port}")
+    client = Client(f"http://127.0.0.1:{port}", ADMIN_KEY)
     client.wait_http("/readyz", 200)
     audio, video = make_media(media, 7.0, seed=7)
     # The fault-free reference run of the job every test interrupts.
     ref = submit(client, audio, video)
     rec = client.wait(ref, timeout=120)
     assert rec["status"] == "succeeded", rec
-    reference = decode_frames(rec["result_path"])
+    reference = decode_frames(client.download_result(rec["id"]))
     yield {"client": client, "storage": storage, "faults": chaos_dir, "audio": audio, "video": video,
            "reference": reference, "port": port}
     stop_cluster()
@@ -86,7 +92,7 @@ def assert_recovered(env, job_id: str, fault_code: str, *, incident: bool) -> di
         errors = [a["error"]["code"] for a in rec["attempts"] if a.get("error")]
         assert fault_code in errors, [a.get("error") for a in rec["attempts"]]
         assert len(rec["attempts"]) >= 2
-    got = decode_frames(rec["result_path"])
+    got = decode_frames(client.download_result(rec["id"]))
     ref = env["reference"]
     assert len(got) == len(ref)
     worst = min(psnr(a, b) for a, b in zip(got[::7], ref[::7]))
@@ -168,7 +174,7 @@ def test_kill_ingress_replica_that_accepted_the_job(env):
     # in the ingress: the attempt carries on untouched and the new ingress serves its status.
     rec = env["client"].wait(job_id, timeout=180)
     assert rec["status"] == "succeeded" and len(rec["attempts"]) == 1, rec
-    got = decode_frames(rec["result_path"])
+    got = decode_frames(env["client"].download_result(rec["id"]))
     assert len(got) == len(env["reference"])
     assert min(psnr(a, b) for a, b in zip(got[::7], env["reference"][::7])) >= 40.0
     wait_until(lambda: not (env["storage"] / "jobs" / job_id).exists(), "job temp files removed")
@@ -184,7 +190,7 @@ def test_restart_whole_application_with_jobs_queued_and_running(env, tmp_path):
     client = env["client"]
     long_audio, video = make_media(tmp_path, 40.0, seed=8)
     ref_id = submit(client, long_audio, video)  # fault-free reference of the long job
-    long_ref = decode_frames(client.wait(ref_id, timeout=180)["result_path"])
+    long_ref = decode_frames(client.download_result(client.wait(ref_id, timeout=180)["id"]))
 
     running = submit(client, long_audio, video)
     client.wait(running, predicate=lambda r: r["status"] == "running" and r["progress"] >= 0.2)
@@ -195,7 +201,7 @@ def test_restart_whole_application_with_jobs_queued_and_running(env, tmp_path):
     for job_id, ref in [(running, long_ref)] + [(q, env["reference"]) for q in queued]:
         rec = client.wait(job_id, timeout=240)
         assert rec["status"] == "succeeded", rec
-        got = decode_frames(rec["result_path"])
+        got = decode_frames(client.download_result(rec["id"]))
         assert len(got) == len(ref)
         assert min(psnr(a, b) for a, b in zip(got[::7], ref[::7])) >= 40.0
     first = client.job(running)["attempts"]

@@ -164,7 +164,9 @@ def test_electron_style_submit_poll_and_result(duix):
     assert rec["status"] == "succeeded" and rec["params"]["pingpong"] is True
     assert rec["meta"]["duix"] == {"code": task, "audio_url": "x.wav", "video_url": "../characters/x.mp4",
                                      "pn": 1, "watermark_switch": 0, "digital_auth": 0, "chaofen": 0}
-    assert rec["params"]["video_path"] == str((data_dir / "characters" / "x.mp4").resolve())
+    # The API record names the client's inputs, never server paths; the store has the job's own copy.
+    assert rec["params"]["inputs"] == {"audio": "x.wav", "video": "../characters/x.mp4"}
+    assert "result_path" not in rec and str(data_dir) not in json.dumps(rec)
 
     # delete_after_report is off by default: a later poll answers the same.
     assert query(client.http, task)["data"]["status"] == 2
@@ -194,7 +196,8 @@ def test_comfyui_style_json_without_json_content_type(duix):
         assert final["status"] == 2, (variant, final)
         assert (temp / f"{task}-r.mp4").is_file() and decode(temp / f"{task}-r.mp4")[2]
         rec = client.job(task)
-        assert rec["params"]["pingpong"] is False and rec["params"]["audio_path"] == str(temp / "short.wav")
+        assert rec["params"]["pingpong"] is False and rec["params"]["inputs"]["audio"] == (
+            str(temp / "short.wav") if variant == "form" else "/code/data/temp/short.wav")
 
 
 def test_pn_semantics(duix):

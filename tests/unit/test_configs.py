@@ -24,9 +24,11 @@ from serve_app.config import LipserveArgs
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu.yaml"
+DUIX = ROOT / "configs" / "duix.yaml"
 GPU_MUSETALK = ROOT / "configs" / "gpu-musetalk.yaml"
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
 STORAGE = ROOT / "k8s" / "storage.yaml"
+POSTGRES = ROOT / "k8s" / "postgres.yaml"
 
 
 def _load(path: Path) -> dict:
@@ -47,6 +49,7 @@ def _serve_config_v2() -> dict:
 SERVE_CONFIGS = {
     "configs/local.yaml": lambda: _load(LOCAL),
     "configs/gpu.yaml": lambda: _load(GPU),
+    "configs/duix.yaml": lambda: _load(DUIX),
     "configs/gpu-musetalk.yaml": lambda: _load(GPU_MUSETALK),
     "k8s/rayservice.yaml:serveConfigV2": _serve_config_v2,
 }
@@ -75,6 +78,47 @@ def test_serve_config_validates(name):
         assert os.path.isabs(args.storage_dir)
 
 
+def _duix_args(monkeypatch, root: str | None) -> LipserveArgs:
+    if root is None:
+        monkeypatch.delenv("LIPSERVE_DUIX_ROOT", raising=False)
+    else:
+        monkeypatch.setenv("LIPSERVE_DUIX_ROOT", root)
+    return LipserveArgs.model_validate(_load(DUIX)["applications"][0]["args"])
+
+
+def test_duix_config_is_local_on_the_duix_port(monkeypatch):
+    duix, local = _load(DUIX), _load(LOCAL)
+    assert duix["http_options"]["port"] == 8383
+    assert duix["proxy_location"] == local["proxy_location"]
+    (d_app,), (l_app,) = duix["applications"], local["applications"]
+    for key in ("name", "route_prefix", "import_path"):
+        assert d_app[key] == l_app[key], key
+    d_args = _duix_args(monkeypatch, None).model_dump()
+    l_args = LipserveArgs.model_validate(l_app["args"]).model_dump()
+    assert d_args["duix"]["enabled"] is True
+    d_args.pop("duix"), l_args.pop("duix")
+    assert d_args == l_args, "configs/duix.yaml must run the same pipeline as configs/local.yaml"
+
+
+def test_duix_data_root_comes_from_the_environment(monkeypatch, tmp_path):
+    assert _duix_args(monkeypatch, None).duix.data_dir == "/code/data"  # the original's volume
+    assert _duix_args(monkeypatch, str(tmp_path)).duix.data_dir == str(tmp_path)
+    assert _duix_args(monkeypatch, "").duix.data_dir == "/code/data"  # empty = unset
+    # build_app validates in the process that reads the config: replicas get the resolved path.
+    monkeypatch.setenv("LIPSERVE_DUIX_ROOT", str(tmp_path))
+    app = build_app(_load(DUIX)["applications"][0]["args"])
+    config, _ = app._bound_deployment.init_args
+    assert config["duix"]["data_dir"] == str(tmp_path)
+
+
+def test_env_reference_without_default_must_be_set(monkeypatch):
+    monkeypatch.delenv("LIPSERVE_TEST_UNSET", raising=False)
+    with pytest.raises(ValueError, match="LIPSERVE_TEST_UNSET is not set"):
+        LipserveArgs.model_validate({"duix": {"data_dir": "${LIPSERVE_TEST_UNSET}/x"}})
+    monkeypatch.setenv("LIPSERVE_TEST_UNSET", "/srv")
+    assert LipserveArgs.model_validate({"duix": {"data_dir": "${LIPSERVE_TEST_UNSET}/x"}}).duix.data_dir == "/srv/x"
+
+
 def test_args_typo_is_rejected():
     raw = _serve_config_v2()
     args = dict(raw["applications"][0]["args"])
@@ -101,6 +145,8 @@ def test_rayservice_serves_the_gpu_application():
     assert 0 < args.generator.num_gpus <= 1
     assert args.writer.prefer_nvenc
     assert k8s["http_options"]["port"] == 8000
+    # Job state in PostgreSQL; the URL (with its password) comes from the environment, never the config.
+    assert args.job_store == "postgres" and args.database_url is None
 
 
 def test_gpu_musetalk_serves_musetalk_first_in_fp16_and_the_default():
@@ -177,6 +223,27 @@ def test_rayservice_manifest_shape():
         for container in pod["containers"]:
             assert _env(container).get("RAY_USAGE_STATS_ENABLED") == "0", group
             assert container["image"].endswith(":0.1.0"), group
+
+
+def test_every_container_gets_the_database_url_from_the_operator_secret():
+    spec = _manifest()["spec"]
+    cluster = {d["kind"]: d for d in yaml.safe_load_all(POSTGRES.read_text()) if d}["Cluster"]
+    for group, pod in _pod_specs(spec):
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            ref = env["LIPSERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]  # never a literal value
+            # CloudNativePG writes the app user's URL into <cluster>-app, key uri.
+            assert ref == {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}, group
+
+
+def test_head_holds_no_job_state_and_the_gcs_overlay_stays_documented():
+    text = RAYSERVICE.read_text()
+    assert "# gcsFaultToleranceOptions:" in text and "redisAddress" in text
+    assert "gcsFaultToleranceOptions" not in _manifest()["spec"]["rayClusterConfig"]  # an opt-in overlay
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    assert "(UPGRADES.md)" in readme and "no longer holds job state" in readme
+    args = LipserveArgs.model_validate(_serve_config_v2()["applications"][0]["args"])
+    assert args.job_store != "actor"  # no store actor pinned to the head
 
 
 def test_worker_group_fits_the_pipeline():
@@ -305,3 +372,13 @@ def test_build_app_does_not_start_ray():
     if not ray.is_initialized():  # and in this process too, unless another module started Ray
         build_app(None)
         assert not ray.is_initialized()
+
+
+def test_store_actor_options_follow_args():
+    from serve_app.jobs.store_actor import STORE_ACTOR_NAME, actor_options
+
+    default = actor_options(LipserveArgs().store_actor)
+    assert default["name"] == STORE_ACTOR_NAME and default["lifetime"] == "detached"
+    assert default["max_restarts"] == -1 and default["resources"] == {"node:__internal_head__": 0.001}
+    custom = actor_options(LipserveArgs(store_actor={"pin_to_head": False, "max_task_retries": 9}).store_actor)
+    assert "resources" not in custom and custom["max_task_retries"] == 9

@@ -46,3 +46,22 @@ def test_upgrade_notes_cover_both_paths():
     for needle in ("serveConfigV2", "rayClusterConfig", "SKIP LOCKED", "LIPSERVE_DATABASE_URL", "lipserve-db-app",
                    "gcsFaultToleranceOptions"):
         assert needle in text, needle
+
+
+def test_postgres_store_settings_are_checked_when_the_config_loads():
+    from serve_app.config import LipserveArgs
+
+    assert LipserveArgs(job_store="postgres").database_url is None  # URL from the environment
+    with pytest.raises(ValueError, match="not an SQLite path"):
+        LipserveArgs(job_store="postgres", database_url="/data/jobs.sqlite3")
+    with pytest.raises(ValueError, match="set job_store: postgres"):
+        LipserveArgs(job_store="actor", database_url="postgresql://db/lipserve")
+
+
+def test_postgres_store_never_falls_back_to_sqlite(monkeypatch):
+    from serve_app.config import LipserveArgs
+    from serve_app.jobs.backends import open_job_store
+
+    monkeypatch.delenv("LIPSERVE_DATABASE_URL", raising=False)
+    with pytest.raises(StoreConfigError, match="LIPSERVE_DATABASE_URL"):
+        open_job_store(LipserveArgs(job_store="postgres"))

@@ -11,8 +11,10 @@ Behaviour and the choices made where the original's behaviour cannot or should n
   ``<storage_dir>/duix``). A bare or relative name resolves under ``<data_dir>/temp`` (``"x.wav"``,
   ``"../characters/x.mp4"``); an absolute path is used as it is, except that a ``/code/data/...``
   path that does not exist here is looked up under ``data_dir`` (clients that hard-code the
-  original mount); ``http(s)://`` URLs are downloaded with the native API's fetcher. Local inputs
-  are read in place, as the native JSON API does.
+  original mount); ``http(s)://`` URLs are downloaded with the native API's SSRF-safe fetcher.
+  Local inputs must lie under ``data_dir`` (or ``jobs.input_roots``) once symlinks and ``..`` are
+  resolved, checked before anything tests that they exist (10002 otherwise); they are hard-linked
+  (else copied) into the job at submission, so a later change of the shared file changes nothing.
 * **Body.** Parsed as JSON whatever the Content-Type says; a genuinely form-encoded body
   (``a=1&b=2``) is accepted too. Unknown keys are ignored. ``audio_url``, ``video_url``, ``code``
   are required and non-empty, checked in that order (``10002``, ``"<field>参数缺失"``).
@@ -20,8 +22,11 @@ Behaviour and the choices made where the original's behaviour cannot or should n
   rule: ``0``, ``"0"``, ``true`` mean loop). ``watermark_switch``, ``digital_auth`` and ``chaofen``
   are normalised the same way (1 iff ``str(v) == "1"``) and recorded in the job's
   ``params["duix"]``, but have no effect: lipserve adds no watermark and does no super-resolution.
-* **Task id.** The client's ``code`` is the job id, so ``GET /v1/jobs/{code}`` (and ``/events``,
-  ``/result``, ``DELETE``) work on Duix tasks too. It must match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``
+* **Tenants.** When API keys are configured the Duix routes take the same ``Authorization: Bearer``
+  key, unless ``duix.auth: none`` (a legacy client on a private network only; its tasks belong to
+  the default tenant). Codes are scoped to the tenant: another tenant's code is unknown (10004).
+* **Task id.** The client's ``code`` is the job id (``<tenant>~<code>`` for a tenant other than the
+  default one), so ``GET /v1/jobs/{id}`` (and ``/events``, ``/result``, ``DELETE``) work on Duix tasks too. It must match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``
   (UUIDs do; it names files and directories), else ``10002``.
 * **Duplicate code.** A re-submit of a code whose task has the same ``audio_url``, ``video_url`` and
   ``pn`` is idempotent: it answers ``10000`` again and creates nothing (a client that retries a
@@ -54,7 +59,8 @@ Behaviour and the choices made where the original's behaviour cannot or should n
   the same code. If the result cannot be published the reply is ``status 3``.
 * **Forgetting.** With ``duix.delete_after_report`` the record (and ``results/{code}.mp4``; the
   published copy stays) is deleted after the first terminal reply, as the original does; a later
-  query answers ``10004``. Default off: the task stays queryable.
+  query answers ``10004``. The code stays used (a tombstone): a new submit with it answers 10003.
+  Default off: the task stays queryable.
 * ``duix.enabled: false`` makes both routes answer 404.
 """
 
@@ -152,20 +158,26 @@ def pingpong(value: Any) -> bool:
     return str(value) == "1"
 
 
+def job_id_for(tenant: str, code: str) -> str:
+    """The job id of a Duix task: the code itself for the default tenant (auth off, or
+    ``duix.auth: none``), else ``<tenant>~<code>`` so that two tenants' codes never meet."""
+    from serve_app.jobs.records import DEFAULT_TENANT
+
+    return code if tenant == DEFAULT_TENANT else f"{tenant}~{code}"
+
+
 def resolve_source(value: str, root: Path) -> str:
-    """A client's ``audio_url``/``video_url`` as a URL or an absolute server path."""
+    """A client's ``audio_url``/``video_url`` as a URL or an absolute server path (not yet confined:
+    the caller confines it to the data root, before anything checks that it exists)."""
     if value.lower().startswith(("http://", "https://")):
         return value
-    path = Path(value).expanduser()
+    path = Path(value)
     if not path.is_absolute():
         return os.path.normpath(root / "temp" / path)
-    if not path.exists() and root != ORIGINAL_ROOT:
-        try:
-            alt = root / path.relative_to(ORIGINAL_ROOT)
-        except ValueError:
-            alt = None
-        if alt is not None and alt.exists():
-            return str(alt)
+    if root != ORIGINAL_ROOT and path.is_relative_to(ORIGINAL_ROOT):
+        # Clients that hard-code the original mount: the same file under this data root. Mapped
+        # by name only (no existence test, which would tell a caller what the server holds).
+        return str(root / path.relative_to(ORIGINAL_ROOT))
     return str(path)
 
 

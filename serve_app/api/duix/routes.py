@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from actors.errors import NotFoundError
+from serve_app.api.auth import tenant_of
 from serve_app.api.duix import service
 from serve_app.api.services import ApiServices, services
 
@@ -19,9 +20,9 @@ def _enabled(svc: ApiServices = Depends(services)) -> ApiServices:
 
 @router.post("/submit", summary="Duix/HeyGem: submit a task (JSON body, whatever the Content-Type)")
 async def duix_submit(request: Request, svc: ApiServices = Depends(_enabled)):
-    return await service.submit(svc, await request.body())
+    return await service.submit(svc, await request.body(), tenant_of(request))
 
 
 @router.get("/query", summary="Duix/HeyGem: task status; the result is published in the shared temp dir")
-async def duix_query(code: str | None = None, svc: ApiServices = Depends(_enabled)):
-    return await service.query(svc, code)
+async def duix_query(request: Request, code: str | None = None, svc: ApiServices = Depends(_enabled)):
+    return await service.query(svc, code, tenant_of(request))

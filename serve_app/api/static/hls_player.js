@@ -114,6 +114,11 @@
         if (!resp.ok) throw new Error(`segment ${next} answered HTTP ${resp.status}`);
         await append(new Uint8Array(await resp.arrayBuffer()));
         if (next === 0) {
+          // The stream's first frame may sit a little after 0 (lipserve starts the video after the
+          // AAC priming): start where both tracks are buffered, not in the gap before it.
+          if (video.buffered.length && video.currentTime < video.buffered.start(0)) {
+            video.currentTime = video.buffered.start(0);
+          }
           onStatus("Live preview: playing while the job renders");
           video.dispatchEvent(new CustomEvent("livestart"));
         }

@@ -34,7 +34,8 @@
   }
 
   function inputNames(job) {
-    const inputs = (job.params && job.params.inputs) || {};
+    const params = job.params || {};
+    const inputs = params.display || params.inputs || {}; // the client's file names
     return [inputs.audio, inputs.video].filter(Boolean).join(" + ");
   }
 

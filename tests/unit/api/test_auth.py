@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from actors.errors import InvalidParameterError
 from serve_app.api import auth as auth_mod
 from serve_app.api.auth import ANONYMOUS, ApiKeyMiddleware, ApiKeyRing, Tenant, require_admin, tenant_of
-from serve_app.api.codes import ApiCode, ForbiddenError, UnauthorizedError
-from serve_app.api.settings import AuthSettings
+from actors.errors import ErrorCode, ForbiddenError, UnauthorizedError
+from serve_app.api.errors import headers_for, status_for
+from serve_app.config import AuthSettings
 
 pytestmark = pytest.mark.anyio
 ALICE, BOB, ROOT = "alice-key-0123456789", "bob-key-abcdefghijkl", "root-key-zyxwvutsrqpo"
@@ -64,8 +65,8 @@ def test_every_digest_is_compared(ring, monkeypatch):
 def test_bad_credentials(ring, header):
     with pytest.raises(UnauthorizedError) as info:
         ring.authenticate(header)
-    assert info.value.code == ApiCode.UNAUTHORIZED and info.value.status == 401 and info.value.message
-    assert "Bearer" in info.value.headers["WWW-Authenticate"]
+    assert info.value.code == ErrorCode.UNAUTHORIZED and status_for(info.value) == 401 and info.value.message
+    assert "Bearer" in headers_for(info.value)["WWW-Authenticate"]
 
 
 @pytest.mark.parametrize("env, reason", [
@@ -154,3 +155,27 @@ async def test_auth_off_serves_everyone_as_default():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(ApiKeyRing())), base_url="http://t") as c:
         r = await c.get("/v1/jobs")
         assert r.status_code == 200 and r.json() == {"tenant": "default", "admin": False}
+
+
+async def test_access_token_query_only_on_the_live_stream_routes(ring):
+    app = make_app(ring)
+
+    async def who(request: Request):
+        return {"tenant": tenant_of(request).name}
+
+    app.add_api_route("/v1/jobs/{job_id}/hls/{name}", who, methods=["GET"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB})
+        assert r.status_code == 200 and r.json() == {"tenant": "bob"}
+        r = await c.get("/v1/jobs/abc/hls/seg_00000.m4s", params={"access_token": BOB})
+        assert r.status_code == 200
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": "not-a-configured-key"})
+        assert r.status_code == 401 and r.json()["error"]["message"] == "the API key is not valid"
+        assert (await c.get("/v1/jobs/abc/hls/index.m3u8")).status_code == 401
+        # Anywhere else the query string is no way to authenticate.
+        assert (await c.get("/v1/jobs/abc", params={"access_token": BOB})).status_code == 401
+        assert (await c.get("/v1/jobs", params={"access_token": BOB})).status_code == 401
+        # A header wins over the query string.
+        r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB},
+                        headers={"Authorization": f"Bearer {ROOT}"})
+        assert r.json() == {"tenant": "ops"}

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from actors.errors import LipserveError
 from serve_app.api.body_limit import KIB, BodyLimitMiddleware, BodyLimits
-from serve_app.api.codes import envelope, status_of
+from serve_app.api.errors import error_response
 from serve_app.api.forms import read_form
 from serve_app.api.json_guard import read_json
 from tests.unit.uvicorn_server import serve
@@ -26,7 +26,7 @@ def make_app(calls: list[str]) -> FastAPI:
 
     @app.exception_handler(LipserveError)
     async def typed(request, err: LipserveError):
-        return JSONResponse(envelope(err.code, err.message, err.retryable), status_code=status_of(err))
+        return error_response(err)
 
     @app.post("/v1/jobs")
     async def upload(request: Request):
@@ -182,3 +182,11 @@ def test_real_socket_chunked_upload_gets_413_before_it_is_sent(calls):
             except ConnectionResetError:
                 pass
     assert calls == ["jobs"]
+
+
+def test_route_path_strips_the_mount_prefix():
+    from serve_app.api.body_limit import route_path
+
+    assert route_path({"path": "/limited/v1/jobs", "root_path": "/limited"}) == "/v1/jobs"
+    assert route_path({"path": "/v1/jobs", "root_path": ""}) == "/v1/jobs"
+    assert route_path({"path": "/limited", "root_path": "/limited"}) == "/"

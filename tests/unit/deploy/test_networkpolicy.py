@@ -50,3 +50,14 @@ def test_egress_excludes_metadata_and_private_ranges():
     assert len(public) == 1
     excluded = set(public[0]["to"][0]["ipBlock"]["except"])
     assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"} <= excluded
+
+
+def test_head_does_not_expose_the_dashboard_and_keys_come_from_a_secret():
+    spec = yaml.safe_load((POLICY.parent / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    head = spec["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+    pods = [head["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e for c in pod["containers"] for e in c.get("env", [])}
+        for name in ("LIPSERVE_API_KEYS", "LIPSERVE_WEBHOOK_SECRET"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "lipserve-auth"

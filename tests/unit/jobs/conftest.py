@@ -1,5 +1,5 @@
-"""Job store fixtures: one real PostgreSQL server per test session, and ``backend``, which runs a test
-once on SQLite and once on PostgreSQL (a fresh database per test)."""
+"""Job store fixtures: ``backend`` runs a test once on SQLite and once on PostgreSQL (a fresh database
+per test on the session's ``pg_server``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from serve_app.config import LipserveArgs
 from serve_app.jobs.backends import open_job_store
-from tests.pg_server import PostgresServer
-
-
-@pytest.fixture(scope="session")
-def pg_server():
-    """A running PostgreSQL server (Debian's package; see tests/pg_server.py). Not skipped when
-    PostgreSQL is missing: the error says how to install it."""
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 @dataclass
@@ -35,8 +23,11 @@ class Backend:
     def name(self) -> str:
         return "sqlite" if self.kind == "local" else self.kind
 
+    def settings(self) -> LipserveArgs:
+        return LipserveArgs(job_store=self.kind, database_url=self.database)
+
     def open(self):
-        store = open_job_store(self.kind, self.database)
+        store = open_job_store(self.settings())  # as the replicas open it
         self.opened.append(store)
         return store
 

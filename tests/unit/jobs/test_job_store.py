@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from serve_app.jobs.backends import open_job_store
+from serve_app.jobs.backends import open_store
 from serve_app.jobs.records import TERMINAL, JobParams, JobRecord
 from serve_app.jobs.sqlite_store import SqliteJobStore
 from serve_app.jobs.store import DuplicateJobError
@@ -75,7 +75,7 @@ def test_claimable_priority_order_and_due_time(store):
 
 
 def _claim_worker(kind: str, database: str, owner: str, barrier, out) -> None:
-    s = open_job_store(kind, database)
+    s = open_store(kind, database)
     barrier.wait()
     mine = []
     for _ in range(3):
@@ -117,7 +117,7 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert first.started_at == T0 + 1
     assert [a.model_dump() for a in first.attempts] == [
         {"n": 1, "owner": "w1", "started_at": T0 + 1, "ended_at": None, "error": None, "released": False,
-         "incidents": []}
+         "incidents": [], "resources": None}
     ]
     assert store.heartbeat(job.id, "w1", lease_s=6, progress=0.4, stage="generate", now=T0 + 5)
     assert store.claim(job.id, "w2", lease_s=6, now=T0 + 10) is None  # lease now until T0 + 11
@@ -132,7 +132,7 @@ def test_lease_expiry_takeover_records_worker_lost(store):
     assert prev.error.retryable is True and "owner w1 stopped heartbeating" in prev.error.message
     assert [i.model_dump() for i in prev.incidents] == [{"code": "worker_lost", "message": "generator actor restarted", "at": T0 + 6}]
     assert cur.model_dump() == {"n": 2, "owner": "w2", "started_at": T0 + 20, "ended_at": None, "error": None,
-                                "released": False, "incidents": []}
+                                "released": False, "incidents": [], "resources": None}
     assert taken.error.code == "worker_lost"
 
     # The old owner is told to stop; its late writes are refused.
@@ -275,7 +275,7 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     rec = store.fail_attempt(
         job.id, "w", {"code": "internal", "message": "", "retryable": False}, 3, 1.0, now=T0 + 1
     )
-    api = rec.to_api()
+    api = rec.to_api(admin=True)
     text = json.dumps(api)
     assert json.loads(text) == api
     assert api["status"] == "failed" and api["id"] == job.id
@@ -287,6 +287,9 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
     assert store.get(job.id).params.video_path == "/v.mp4"
     for rec in store.list():
         json.dumps(rec.to_api())
+    public = rec.to_api()  # a tenant's view: no server paths, hosts or pids
+    assert "result_path" not in public and "owner" not in public and "/v.mp4" not in json.dumps(public)
+    assert public["attempts"][0].keys() == {"n", "started_at", "ended_at", "error", "released"}
 
 
 def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
@@ -300,3 +303,15 @@ def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
     assert store.wait_for_work(0.2) is False  # claims and heartbeats are no work for others
     assert store.release(job.id, "w")
     assert store.wait_for_work(10) is True
+
+
+def test_resources_are_recorded_on_the_owners_open_attempt(store):
+    job = store.create(P(), now=T0)
+    store.claim(job.id, "w1", lease_s=6, now=T0 + 1)
+    use = {"generator_memory_bytes": 123456789, "generator_memory_kind": "rss",
+           "stage_fps": {"generate_write": 41.5}, "frames": 250}
+    assert not store.record_resources(job.id, "intruder", use, now=T0 + 2)
+    assert store.record_resources(job.id, "w1", use, now=T0 + 2)
+    rec = store.get(job.id)
+    assert rec.attempts[-1].resources.model_dump() == use
+    assert rec.to_api()["resources"] == use
