@@ -28,13 +28,19 @@ from tests.service.harness import (
 )
 
 
+ADMIN_KEY = "ops-admin-key-musetalk-0123456789"  # incidents are shown to admin keys only
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("musetalk_service")
     models = write_random_models(root / "models", reduced=True)
+    keys = root / "keys.txt"
+    keys.write_text(f"ops:{ADMIN_KEY}\n")
     port = start_cluster()
     args = small_args(
         root / "storage",
+        auth={"keys_file": str(keys), "admin_tenants": ["ops"]},
         generators=[{"backend": "default", "num_cpus": 0.1},
                     {"backend": "musetalk", "checkpoint": str(models), "batch_size": 8, "num_cpus": 0.1}],
         writer={"pool_size": 2, "num_cpus": 0.1, "segment_frames": 10},
@@ -45,7 +51,7 @@ def env(tmp_path_factory):
     )
     args.pop("generator")  # the several-backends form instead of the single one
     deploy(args)
-    client = Client(f"http://127.0.0.1:{port}")
+    client = Client(f"http://127.0.0.1:{port}", ADMIN_KEY)
     client.wait_http("/readyz", 200, timeout=180)
     audio, video = make_media(root / "media", 6.0, seed=5)
     yield {"client": client, "storage": root / "storage", "audio": audio, "video": video, "state": {}}
@@ -82,7 +88,7 @@ def test_jobs_are_routed_to_their_backend(env):
         assert rec["status"] == "succeeded", rec
         assert rec["params"]["backend"] == name
     assert "latents" in recs["musetalk"]["timings"]  # the reference latents stage ran (cached per avatar)
-    frames = {name: decode_frames(rec["result_path"]) for name, rec in recs.items()}
+    frames = {name: decode_frames(client.download_result(rec["id"])) for name, rec in recs.items()}
     assert len(frames["musetalk"]) == len(frames["default"]) == math.ceil(6.0 * 25)
     # Different generators and geometries: the mouth regions differ, the frame tops do not.
     mouth = (slice(70, 105), slice(55, 105))
@@ -113,7 +119,7 @@ def test_sigkill_musetalk_generator_mid_job(env):
     after = pids()
     assert after["generators"]["musetalk"] != before["generators"]["musetalk"]
     assert after["generators"]["default"] == before["generators"]["default"]  # the other pool untouched
-    got = decode_frames(rec["result_path"])
+    got = decode_frames(client.download_result(job_id))
     assert len(got) == len(reference)
     assert min(psnr(a, b) for a, b in zip(got[::7], reference[::7])) >= 40.0
     # (generous deadlines: on a loaded 2-core box the dead process is reaped late)
