@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit test-service demo serve bench clean
+.PHONY: install test test-unit test-service demo serve bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,13 @@ demo: install
 serve: install
 	$(VENV)/bin/lipserve serve --config configs/local.yaml
 
+# Every CPU bench; table on stdout, JSON in bench/results/<date>-<machine>.json (~6-8 min, 2 cores).
 bench: install
-	$(PY) bench/bench_pipeline.py
-	$(PY) bench/bench_service.py
-	$(PY) bench/bench_cluster.py
+	$(PY) bench/run_all.py
+
+# The GPU set (one H200: < 10 min); fails fast without a GPU.
+bench-gpu: install
+	bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

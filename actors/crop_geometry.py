@@ -40,7 +40,8 @@ class CropGeometry(Protocol):
                  landmarks: np.ndarray | None = None) -> Box: ...  # landmarks: the tracker's 5 points
     def extract(self, frame: np.ndarray, box: Sequence[int]) -> np.ndarray: ...
     def paste(self, frame: np.ndarray, box: Sequence[int], generated: np.ndarray, *,
-              color_match: bool = True, mask: np.ndarray | None = None) -> np.ndarray: ...
+              color_match: bool = True, mask: np.ndarray | None = None,
+              inplace: bool = False) -> np.ndarray: ...  # inplace: the frame may be written into
     def describe(self) -> dict: ...
     # Per-frame paste masks, for geometries whose mask depends on the frame's content: None, or a
     # function (frame, box) -> uint8[side, side] with side = mask_side(box), run at avatar build.
@@ -70,8 +71,9 @@ class PaddedBoxGeometry:
     def extract(self, frame, box) -> np.ndarray:
         return extract_crop(frame, box, self.crop_size)
 
-    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None) -> np.ndarray:
-        return composite(frame, box, generated, color_match=color_match)
+    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None,
+              inplace: bool = False) -> np.ndarray:
+        return composite(frame, box, generated, color_match=color_match, inplace=inplace)
 
     def describe(self) -> dict:
         return _describe(self)
@@ -121,9 +123,10 @@ class MuseTalkGeometry:
 
         return musetalk_extract(frame, box)
 
-    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None) -> np.ndarray:
+    def paste(self, frame, box, generated, *, color_match: bool = True, mask=None,
+              inplace: bool = False) -> np.ndarray:
         # The reference pastes without a colour transfer; ``color_match`` is the writer's default
-        # for the padded geometry and does not apply here.
+        # for the padded geometry and does not apply here. Always returns a new frame.
         from actors.face.musetalk_blend import blend_mask, paste
 
         if mask is not None:

@@ -34,7 +34,8 @@ class RenderOptions:
     backend: str = "default"
     checkpoint: str | None = None  # Wav2Lip weights file, or MuseTalk's models directory
     device: str = "cpu"
-    batch_size: int = 32
+    batch_size: int = 32  # generator frames per forward pass
+    threads: int | None = None  # generator CPU threads; None = the runtime's default (every core)
     precision: str = "auto"  # MuseTalk: auto (fp16 on CUDA), fp32, fp16
     mode: str = "pingpong"  # or "loop": how the template covers audio longer than it
     box: tuple[int, int, int, int] | None = None
@@ -78,7 +79,8 @@ class LocalRenderer:
     def __init__(self, options: RenderOptions | None = None, generator=None):
         self.options = options or RenderOptions()
         o = self.options
-        self.generator = generator or make_generator(o.backend, o.checkpoint, o.device, o.batch_size, o.precision)
+        self.generator = generator or make_generator(o.backend, o.checkpoint, o.device, o.batch_size, o.precision,
+                                                     threads=o.threads)
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 

@@ -68,6 +68,9 @@ class GeneratorSettings(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = 32
     precision: Literal["auto", "fp32", "fp16"] = "auto"  # musetalk only: auto = fp16 on CUDA
+    # CPU threads of the forward pass (onnxruntime intra-op / torch); None = sized to num_cpus
+    # (at least 1), so a generator never spreads over the cores its writers were given.
+    threads: int | None = Field(default=None, ge=1)
     num_cpus: float = 0.5
     num_gpus: float = 0.0  # fraction of a GPU per generator actor (e.g. 0.5 = two per GPU)
 

@@ -42,9 +42,10 @@ class GeneratorActor:
     """Loads one backend's generator once; runs batched forward passes over face crops (or their
     cached latents) + per-frame audio features."""
 
-    def __init__(self, settings: GeneratorSettings, chaos_dir: str | None = None):
+    def __init__(self, settings: GeneratorSettings, chaos_dir: str | None = None, threads: int | None = None):
         g = settings
-        self.generator = make_generator(g.backend, g.checkpoint, g.device, g.batch_size, g.precision)
+        self.generator = make_generator(g.backend, g.checkpoint, g.device, g.batch_size, g.precision,
+                                        threads=threads)
         self.device = g.device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
@@ -129,6 +130,14 @@ class WriterActor:
         return out_path
 
 
+def generator_threads(args: LipserveArgs, g: GeneratorSettings | None = None) -> int:
+    """Forward-pass threads of a generator actor: its ``threads``, else its ``num_cpus`` rounded
+    (at least 1). Ray does not pin CPUs, so without this onnxruntime / torch would start one thread
+    per core of the node and compete with the writers for them."""
+    g = g or args.generator
+    return int(g.threads) if g.threads else max(1, int(round(g.num_cpus)))
+
+
 def generator_actor_options(args: LipserveArgs, g: GeneratorSettings | None = None) -> dict:
     g, f = g or args.generator, args.actor_faults
     return {"num_cpus": g.num_cpus, "num_gpus": g.num_gpus, "max_restarts": f.max_restarts,
@@ -167,7 +176,7 @@ def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
     w = args.writer
     generators = {
         name: ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
-            **generator_actor_options(args, g)).remote(g, args.chaos_dir)
+            **generator_actor_options(args, g)).remote(g, args.chaos_dir, generator_threads(args, g))
         for name, g in args.served_generators().items()
     }
     codec = pick_video_codec(w.prefer_nvenc)

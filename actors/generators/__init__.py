@@ -14,7 +14,7 @@ def canonical_backend(backend: str) -> str:
 
 
 def make_generator(backend: str = "default", checkpoint: str | None = None, device: str = "cpu",
-                   batch_size: int = 32, precision: str = "auto"):
+                   batch_size: int = 32, precision: str = "auto", threads: int | None = None):
     """Build the generator named by ``backend``.
 
     ``default`` is the weight-free mouth warp, so a fresh machine renders without any download.
@@ -22,6 +22,8 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
     ``musetalk`` loads a MuseTalk 1.5 models directory in the public layout (``musetalkV15/``,
     ``sd-vae/``, ``whisper/``; see ``actors/models/musetalk/files.py``) as ``checkpoint``.
     ``precision``: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32`` or ``fp16``; MuseTalk only.
+    ``threads``: CPU threads the forward pass may use (None: the runtime's default, every core);
+    the service sizes it to the generator actor's ``num_cpus``.
     """
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -36,7 +38,7 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
             raise InvalidParameterError("backend 'wav2lip' needs a checkpoint path (--checkpoint X.pth or X.onnx)")
         from actors.generators.wav2lip import Wav2LipGenerator
 
-        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size)
+        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size, threads=threads)
     if backend == "musetalk":
         if not checkpoint:
             raise InvalidParameterError("backend 'musetalk' needs its models directory (--checkpoint DIR with "
@@ -44,5 +46,5 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
         from actors.generators.musetalk import MuseTalkGenerator
 
         return MuseTalkGenerator(checkpoint, device=device, batch_size=batch_size,
-                                 dtype=None if precision == "auto" else precision)
+                                 dtype=None if precision == "auto" else precision, threads=threads)
     raise InvalidParameterError(f"unknown generator backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -34,7 +34,8 @@ class MuseTalkGenerator:
     """MuseTalk 1.5 over a models directory in the public layout (see ``actors.models.musetalk.files``).
 
     ``device``: "cpu", "cuda[:N]" or "auto"; ``dtype``: None (fp16 on CUDA, fp32 on CPU), "fp32",
-    "fp16" or a torch dtype. Runs in chunks of ``batch_size`` frames. The constructor raises
+    "fp16" or a torch dtype; ``threads``: torch CPU threads (None: every core). Runs in chunks of
+    ``batch_size`` frames. The constructor raises
     ``ModelLoadError`` naming the bad file; wrongly shaped inputs raise ``InvalidParameterError``.
     """
 
@@ -43,13 +44,15 @@ class MuseTalkGenerator:
     crop_geometry = MuseTalkGeometry()
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", batch_size: int = 8,
-                 dtype: str | torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None, threads: int | None = None):
         if int(batch_size) < 1:
             raise InvalidParameterError(f"musetalk batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.models = load_musetalk(models_dir, device=device, dtype=dtype)
         self.device = self.models.device
         self.dtype = self.models.dtype
+        if threads and self.device == "cpu":
+            torch.set_num_threads(int(threads))  # per process: the generator owns its actor's CPUs
         self.latent_key = _latent_key(models_dir, self.dtype)
         if (Path(models_dir) / files.FACE_PARSING_WEIGHTS).is_file():
             # BiSeNet parsing masks for the blend (jaw mode); loaded once here so a bad file fails

@@ -13,6 +13,9 @@ from actors.generators.mel import mel_features
 from actors.models.wav2lip_runtime import load_wav2lip
 
 CROP_SIZE = 96
+# Frames per forward pass. On CPU (onnxruntime, 2 cores) throughput is flat from 16 to 64 within the
+# noise and a smaller batch starts the writer sooner; see bench/bench_generator.py for the sweep.
+DEFAULT_BATCH = 32
 
 
 def build_face_input(faces: np.ndarray) -> np.ndarray:
@@ -46,12 +49,13 @@ class Wav2LipGenerator:
     crop_size = CROP_SIZE
     crop_geometry = PaddedBoxGeometry(CROP_SIZE)
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = 32):
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
+                 threads: int | None = None):
         if int(batch_size) < 1:
             raise InvalidParameterError(f"wav2lip batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.checkpoint = str(checkpoint)
-        self.runner = load_wav2lip(checkpoint, device=device)
+        self.runner = load_wav2lip(checkpoint, device=device, threads=threads)
         self.backend = self.runner.backend
         self.device = self.runner.device
 

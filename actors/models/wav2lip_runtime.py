@@ -118,17 +118,56 @@ class OnnxWav2LipRunner(Wav2LipRunner):
         return np.asarray(out, dtype=np.float32)
 
 
-def _onnx_session(path: Path, device: str):
+def cpu_session_options(ort, threads: int | None, spin: bool = False):
+    """onnxruntime options for a CPU-bound generator that shares its machine with a writer.
+
+    * all graph optimisations (conv + batch-norm + activation fusion; measured ~3x the BASIC level on
+      this network, see ``bench/bench_generator.py``);
+    * ``threads`` intra-op threads (None: onnxruntime's default, one per physical core), sized by
+      the caller to the CPUs the generator owns (the Ray actor's ``num_cpus``);
+    * no spin-waiting between ops: a spinning pool burns the core the paste/encode thread needs,
+      and measured no faster at batch >= 16;
+    * sequential execution (no inter-op pool: this graph is a chain).
+    """
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return opts
+
+
+def _openvino_provider(threads: int | None) -> tuple[str, dict[str, str]]:
+    options = {"device_type": "CPU", "precision": "FP32"}
+    if threads:
+        options["num_of_threads"] = str(int(threads))
+    return "OpenVINOExecutionProvider", options
+
+
+def _onnx_session(path: Path, device: str, threads: int | None = None):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    want_cuda = device != "cpu" and "CUDAExecutionProvider" in available
+    want_cuda = device.startswith("cuda") or device == "auto"
+    want_cuda = want_cuda and "CUDAExecutionProvider" in available
     if want_cuda and not torch.cuda.is_available():
         # onnxruntime-gpu lists the CUDA EP even on machines without a GPU / driver.
         log.warning("CUDAExecutionProvider listed but no usable GPU; running %s on CPU", path)
         want_cuda = False
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = cpu_session_options(ort, threads)
+    if device == "openvino":
+        # onnxruntime-openvino (the optional ``openvino`` extra) replaces onnxruntime-gpu's module.
+        if "OpenVINOExecutionProvider" not in available:
+            raise ModelLoadError(f"device 'openvino' needs the onnxruntime-openvino package (pip install "
+                                 f"'lipserve[openvino]'); this onnxruntime offers {', '.join(available)}",
+                                 path=str(path))
+        try:
+            return ort.InferenceSession(str(path), opts, providers=[_openvino_provider(threads), "CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load ONNX model {path} with OpenVINO: {type(exc).__name__}: {exc}",
+                                 path=str(path)) from exc
     if want_cuda:
         cuda_opts: dict[str, Any] = {}
         if device.startswith("cuda:"):
@@ -148,7 +187,7 @@ def _onnx_session(path: Path, device: str):
         raise ModelLoadError(f"cannot load ONNX model {path}: {type(exc).__name__}: {exc}", path=str(path)) from exc
 
 
-def load_wav2lip(path: str | os.PathLike, device: str = "cpu") -> Wav2LipRunner:
+def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Wav2LipRunner:
     """Load a Wav2Lip generator for inference; see :class:`Wav2LipRunner` for the call convention.
 
     * ``.pth`` / ``.pt``: a public-format checkpoint (``{"state_dict": ...}``) or a raw state dict,
@@ -156,11 +195,20 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu") -> Wav2LipRunner:
     * ``.onnx``: run by onnxruntime, CUDA EP first when ``device`` is not "cpu" and a GPU is usable,
       else the CPU EP.
 
-    ``device``: "cpu", "cuda", "cuda:N" or "auto". A CUDA request on a machine without a usable GPU
-    logs a warning and runs on CPU. Every failure to load raises :class:`ModelLoadError` naming the file.
+    ``device``: "cpu", "cuda", "cuda:N", "auto", or "openvino" (``.onnx`` only, needs the optional
+    onnxruntime-openvino package). A CUDA request on a machine without a usable GPU logs a warning and
+    runs on CPU. ``threads``: CPU threads for the forward pass (onnxruntime intra-op threads, or
+    ``torch.set_num_threads`` for a CPU torch model); None keeps the runtime's default (all cores).
+    Every failure to load raises :class:`ModelLoadError` naming the file.
     """
     p = check_model_path(path)
     if p.suffix.lower() in ONNX_SUFFIXES:
-        return OnnxWav2LipRunner(p, _onnx_session(p, (device or "cpu").lower()))
+        return OnnxWav2LipRunner(p, _onnx_session(p, (device or "cpu").lower(), threads))
+    if (device or "").lower() == "openvino":
+        raise ModelLoadError(f"device 'openvino' runs ONNX models only; export {p.name} first (lipserve export-onnx)",
+                             path=str(p))
     model = model_from_state(read_torch_checkpoint(p), p)
-    return TorchWav2LipRunner(p, model, resolve_torch_device(device, "Wav2Lip"))
+    device = resolve_torch_device(device, "Wav2Lip")
+    if threads and device == "cpu":
+        torch.set_num_threads(int(threads))  # per process: the generator owns its actor's CPUs
+    return TorchWav2LipRunner(p, model, device)

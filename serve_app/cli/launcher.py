@@ -39,7 +39,10 @@ def start(config: dict[str, Any], overrides: dict[str, Any] | None = None, num_c
     name, prefix, args = app_spec(config, overrides)
     http = config.get("http_options", {})
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=num_cpus, include_dashboard=False,
+        # RAY_ADDRESS joins a cluster; without it start one of our own ("local"): never attach by
+        # accident to whatever other Ray instance happens to run on this machine.
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=None if address != "local" else num_cpus, include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True)
     serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
                 proxy_location=config.get("proxy_location", "HeadOnly"))

@@ -41,10 +41,11 @@ def _cmd_render(args) -> int:
         box=tuple(args.box) if args.box else None,
         detector_model=args.detector,
         max_gap_s=args.max_face_gap,
-        batch_size=args.batch_size,
         precision=args.precision,
         segment_frames=args.segment_frames,
         prefer_nvenc=args.nvenc,
+        batch_size=args.batch_size,
+        threads=args.threads,
     )
     if args.cache_dir:
         options.cache_dir = args.cache_dir
@@ -97,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default (weight-free), wav2lip or musetalk")
     r.add_argument("--checkpoint", help="generator weights: wav2lip .pth/.pt/.onnx, or the MuseTalk models "
                                         "directory (musetalkV15/, sd-vae/, whisper/)")
-    r.add_argument("--batch-size", type=int, default=32, help="frames per forward pass")
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
                    help="MuseTalk: auto = fp16 on CUDA, fp32 on CPU")
     r.add_argument("--max-face-gap", type=float, default=1.0, metavar="SECONDS",
@@ -107,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--loop", action="store_true", help="loop the template when the audio is longer")
     mode.add_argument("--pingpong", action="store_true", help="ping-pong the template (default)")
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "openvino"],
+                   help="openvino: onnxruntime-openvino's CPU provider (.onnx, optional extra)")
+    r.add_argument("--batch-size", type=int, default=32, help="generator frames per forward pass")
+    r.add_argument("--threads", type=int, default=None,
+                   help="generator CPU threads (default: the runtime's, one per core)")
     r.add_argument("--detector", help="ONNX face detector model path (default: embedded Haar cascade)")
     r.add_argument("--segment-frames", type=int, default=50)
     r.add_argument("--nvenc", action="store_true", help="use h264_nvenc when the GPU encoder is available")

@@ -174,6 +174,6 @@ class JobRecord(BaseModel):
             d["params"] = {"backend": self.params.backend, "pingpong": self.params.pingpong,
                            "box": list(self.params.box) if self.params.box else None,
                            "inputs": dict(self.params.display)}
-        d["attempts"] = [{k: a[k] for k in ("n", "started_at", "ended_at", "error", "released")}
+        d["attempts"] = [{k: a.get(k) for k in ("n", "started_at", "ended_at", "error", "released", "resources")}
                          for a in d["attempts"]]
         return d

@@ -28,6 +28,9 @@ def free_port() -> int:
 def start_cluster(num_cpus: int = 8, system_config: dict | None = None) -> int:
     """One cluster per test module; logical CPUs are oversubscribed on purpose (fractional actors).
     ``system_config``: Ray internals a module needs (e.g. a short metrics report interval)."""
+    if ray.is_initialized():  # an earlier module died before its teardown: do not fail every module after it
+        serve.shutdown()
+        ray.shutdown()
     # address="local": always a fresh cluster of our own, never one another process started.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}, _system_config=system_config)
@@ -39,6 +42,18 @@ def start_cluster(num_cpus: int = 8, system_config: dict | None = None) -> int:
 def stop_cluster() -> None:
     serve.shutdown()
     ray.shutdown()
+
+
+ADMIN_KEY = "ops-admin-key-0123456789abcdef"  # result paths and attempt owners show to admin keys only
+
+
+def admin_auth(storage: Path) -> dict:
+    """``auth`` settings with one admin tenant (``ops``, key ``ADMIN_KEY``), for tests that read
+    the records' server-side details (result paths, owners)."""
+    keys = Path(storage).parent / f"{Path(storage).name}-admin-keys.txt"
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    keys.write_text(f"ops:{ADMIN_KEY}\n")
+    return {"keys_file": str(keys), "admin_tenants": ["ops"]}
 
 
 def small_args(storage: Path, **overrides: Any) -> dict:

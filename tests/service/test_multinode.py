@@ -12,7 +12,7 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from tests.service.harness import BOX, Client, make_media, pipeline_handle, wait_until
+from tests.service.harness import ADMIN_KEY, BOX, Client, admin_auth, make_media, pipeline_handle, wait_until
 from tests.service.multinode import SimulatedCluster, gpu_config_on_cpu, owner_node, running_replicas
 
 
@@ -22,9 +22,10 @@ def env(tmp_path_factory, pg_server):
     sim = SimulatedCluster(workers=2)
     root = tmp_path_factory.mktemp("multinode")
     args = gpu_config_on_cpu(root / "storage", url,
-                             pipeline={"max_ongoing_requests": 2, "autoscaling": {"min_replicas": 2}})
+                             pipeline={"max_ongoing_requests": 2, "autoscaling": {"min_replicas": 2}},
+                             auth=admin_auth(root / "storage"))
     serve.run(build_app(args), name="lipserve", route_prefix="/")
-    client = Client(f"http://127.0.0.1:{sim.port}")
+    client = Client(f"http://127.0.0.1:{sim.port}", key=ADMIN_KEY)
     client.wait_http("/readyz", 200, timeout=120)
     media = root / "media"
     yield {"sim": sim, "client": client, "media": media, "args": args}

@@ -23,6 +23,8 @@ from tests.service.harness import (
     make_media,
     pipeline_handle,
     small_args,
+    ADMIN_KEY,
+    admin_auth,
     start_cluster,
     stop_cluster,
     wait_until,
@@ -34,7 +36,7 @@ CLIP_S = 12.0  # long enough to be mid-render when the fault hits (a few seconds
 
 def pg_args(storage, url: str) -> dict:
     return small_args(
-        storage, job_store="postgres", database_url=url,
+        storage, job_store="postgres", database_url=url, auth=admin_auth(storage),
         writer={"pool_size": 2, "num_cpus": 0.1, "segment_frames": 10},
         jobs={"lease_s": LEASE_S, "heartbeat_s": 0.5, "retry_backoff_s": 0.2, "max_inflight_segments": 2},
         pipeline={"num_cpus": 0.1, "max_ongoing_requests": 4, "graceful_shutdown_timeout_s": 0.5,
@@ -49,7 +51,7 @@ def env(tmp_path_factory, pg_server):
     root = tmp_path_factory.mktemp("pg_chaos")
     storage = root / "storage"
     deploy(pg_args(storage, url), name="blue", prefix="/blue")
-    blue = Client(f"http://127.0.0.1:{port}/blue")
+    blue = Client(f"http://127.0.0.1:{port}/blue", key=ADMIN_KEY)
     blue.wait_http("/readyz", 200)
     audio, video = make_media(root / "media", CLIP_S, seed=3)
     ref = submit(blue, audio, video)
@@ -114,7 +116,7 @@ def test_replica_killed_while_holding_a_claim_is_taken_over_after_its_lease(env)
 def test_blue_and_green_on_one_database_run_each_job_exactly_once(env, tmp_path):
     blue = env["blue"]
     deploy(pg_args(env["storage"], env["url"]), name="green", prefix="/green")
-    green = Client(f"http://127.0.0.1:{env['port']}/green")
+    green = Client(f"http://127.0.0.1:{env['port']}/green", key=ADMIN_KEY)
     green.wait_http("/readyz", 200)
     owners = {app: pipeline_handle(app).ready.remote().result(timeout_s=60)["owner"] for app in ("blue", "green")}
     audio, video = make_media(tmp_path, 1.0, seed=5)
