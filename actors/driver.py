@@ -25,7 +25,10 @@ Recovery policy (all here, none of it Ray-specific):
   ``min_stuck_s``) is a ``StageTimeoutError``: the stage that holds the pending work is restarted;
 - segment files that already exist (an earlier attempt committed them) are reused;
 - cancellation stops submitting and lets the few in-flight calls settle, so nothing writes into
-  the job's directory after it is cleaned up.
+  the job's directory after it is cleaned up;
+- an attempt that ends early (timeout, cancel, takeover, any error) sets its ``StopToken``
+  (``actors/stop_token.py``) before settling: writer calls still running or re-sent for it stop
+  within one frame instead of finishing work nobody will use.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from actors.avatar import Avatar, AvatarParams
 from actors.errors import CancelledError, LipserveError, StageTimeoutError, WorkerLostError
 from actors.live_hls import INCIDENT as HLS_INCIDENT, LiveHls
 from actors.plan import RenderPlan, Segment, make_plan
+from actors.stop_token import StopToken
 
 
 @dataclass(frozen=True)
@@ -115,12 +119,14 @@ class Stages(Protocol):
 
     def decode_audio(self, audio_path: str) -> Awaitable[Any]: ...  # samples (or a handle to them)
     def sample_count(self, samples: Any) -> Awaitable[int]: ...
-    def prepare_avatar(self, video_path: str, params: AvatarParams) -> Awaitable[Avatar]: ...
+    # ``stop``: the attempt's StopToken, passed on to the worker so it can end a dead attempt's call.
+    def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None) -> Awaitable[Avatar]: ...
     def prepare_latents(self, avatar: Avatar) -> Awaitable[str | None]: ...  # latents file name, or None
     def prepare_features(self, samples: Any, fps: Fraction, n_frames: int) -> Awaitable[np.ndarray]: ...
     def submit_segment(self, plan: RenderPlan, seg: Segment, faces: FaceSource, features: np.ndarray,
-                       avatar: Avatar, path: str) -> tuple[Awaitable[SegmentDone], InFlight]: ...
-    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction) -> Awaitable[Any]: ...
+                       avatar: Avatar, path: str, stop: StopToken | None = None) -> tuple[Awaitable[SegmentDone], InFlight]: ...
+    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+                 stop: StopToken | None = None) -> Awaitable[Any]: ...
     def workers(self) -> Awaitable[dict[str, int]]: ...
     def restart_stuck(self, pending: list[InFlight]) -> str: ...  # returns what was restarted
     def classify(self, exc: BaseException, stage: str) -> LipserveError: ...
@@ -186,22 +192,30 @@ class SegmentDriver:
 
     async def render(self, req: RenderRequest) -> RenderResult:
         """One attempt of one job, top to bottom."""
+        Path(req.work_dir).mkdir(parents=True, exist_ok=True)
+        stop = StopToken.for_attempt(req.work_dir)
+        try:
+            return await self._render(req, stop)
+        except BaseException:
+            stop.set()  # whatever still runs for this attempt stops at its next frame
+            raise
+
+    async def _render(self, req: RenderRequest, stop: StopToken) -> RenderResult:
         s = self.stages
         started = time.perf_counter()
         samples = await self._stage("audio", s.decode_audio(req.audio_path), 0.02)
         n_samples = await s.sample_count(samples)
-        avatar = await self._stage("avatar", s.prepare_avatar(req.video_path, req.avatar), 0.04)
+        avatar = await self._stage("avatar", s.prepare_avatar(req.video_path, req.avatar, stop=stop), 0.04)
         latents = await self._stage("latents", s.prepare_latents(avatar))
         plan = make_plan(n_samples, avatar, req.mode, req.segment_frames)
         live = self._live(req, plan, started)
         try:
             features = await self._stage("features", s.prepare_features(samples, plan.fps, plan.n_out), 0.05)
-            Path(req.work_dir).mkdir(parents=True, exist_ok=True)
             paths = [os.path.join(req.work_dir, seg.file_name) for seg in plan.segments]
             t0 = time.perf_counter()
             await _call(self.events.progress, "generate_write", None)
             try:
-                reused = await self.run_segments(plan, avatar, features, paths, live, latents)
+                reused = await self.run_segments(plan, avatar, features, paths, live, stop, latents)
                 if live:
                     await live.finish(self.policy.settle_timeout_s)
             finally:
@@ -210,7 +224,7 @@ class SegmentDriver:
         finally:
             if live:  # nothing of the live stream still writes once this attempt is over
                 await live.settle(self.policy.settle_timeout_s)
-        await self._stage("finalize", s.finalize(paths, req.audio_path, req.out_path, plan.fps), 0.99)
+        await self._stage("finalize", s.finalize(paths, req.audio_path, req.out_path, plan.fps, stop=stop), 0.99)
         return RenderResult(out_path=req.out_path, plan=plan, avatar=avatar, n_samples=n_samples,
                             segments_reused=reused, segment_seconds=seconds,
                             first_playable_s=live.first_playable_s if live else None)
@@ -226,8 +240,10 @@ class SegmentDriver:
         return live
 
     async def run_segments(self, plan: RenderPlan, avatar: Avatar, features: np.ndarray, paths: list[str],
-                           live: LiveHls | None = None, latents: str | None = None) -> int:
+                           live: LiveHls | None = None, stop: StopToken | None = None,
+                           latents: str | None = None) -> int:
         """Generate and write every segment not already on disk; returns how many were reused.
+        On any early exit ``stop`` is set before the in-flight calls are left to settle.
         ``latents``: the avatar's cached latents file for this generator (``prepare_latents``)."""
         policy, s = self.policy, self.stages
         if latents:
@@ -250,16 +266,18 @@ class SegmentDriver:
             while queue or pending:
                 while queue and len(pending) < policy.max_inflight:  # backpressure
                     seg, path = queue.pop(0)
-                    aw, entry = s.submit_segment(plan, seg, faces, features, avatar, path)
+                    aw, entry = s.submit_segment(plan, seg, faces, features, avatar, path, stop=stop)
                     pending[asyncio.ensure_future(aw)] = entry
                 timeout = policy.stuck_after(expected_s)
-                stop = asyncio.ensure_future(self.cancelled.wait())
-                done, _ = await asyncio.wait(set(pending) | {stop}, timeout=timeout,
+                cancel_wait = asyncio.ensure_future(self.cancelled.wait())
+                done, _ = await asyncio.wait(set(pending) | {cancel_wait}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
+                cancel_wait.cancel()
                 if self.cancelled.is_set():
                     raise CancelledError("job cancelled while rendering segments", stage="generate_write")
                 if not done:
+                    if stop is not None:  # first: calls Ray re-sends to the restarted actor see it
+                        stop.set()
                     culprit = s.restart_stuck(list(pending.values()))
                     raise StageTimeoutError(
                         f"no segment finished for {timeout:.1f} s (expected ~{expected_s or 0:.1f} s each); "
@@ -287,6 +305,8 @@ class SegmentDriver:
                     await _call(self.events.progress, "generate_write", 0.05 + 0.9 * done_frames / plan.n_out)
         finally:
             if pending:
+                if stop is not None:
+                    stop.set()
                 await self._settle(pending)
         return reused
 

@@ -23,7 +23,8 @@ from actors.errors import LipserveError, as_lipserve_error
 from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
 from actors.plan import RenderPlan, Segment
-from actors.segment_writer import SegmentWriter
+from actors.segment_writer import NEVER, SegmentWriter
+from actors.stop_token import StopToken
 
 _WORKERS = {"generator": os.getpid(), "writer": os.getpid()}
 
@@ -46,7 +47,9 @@ class LocalStages:
     async def sample_count(self, samples: np.ndarray) -> int:
         return len(samples)
 
-    async def prepare_avatar(self, video_path: str, params: AvatarParams) -> Avatar:
+    async def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None) -> Avatar:
+        if stop is not None:
+            stop.check("avatar")
         return await asyncio.to_thread(self.cache.get_or_build, video_path, params)
 
     async def prepare_latents(self, avatar: Avatar) -> str | None:
@@ -59,8 +62,8 @@ class LocalStages:
     async def prepare_features(self, samples: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         return await asyncio.to_thread(self.generator.prepare_audio, samples, fps, n_frames)
 
-    def _segment(self, plan: RenderPlan, seg: Segment, source: FaceSource, features, avatar: Avatar,
-                 path: str) -> SegmentDone:
+    def _segment(self, plan: RenderPlan, seg: Segment, source: FaceSource, features, avatar: Avatar, path: str,
+                 stop: StopToken | None) -> SegmentDone:
         t0 = time.perf_counter()
         faces, feats = plan.generator_inputs(seg, source.rows, features)
         with self._generate_lock:
@@ -73,16 +76,17 @@ class LocalStages:
         self._timed("generate", t0)
         t0 = time.perf_counter()
         n = self.writer.write_segment(avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop],
-                                      generated, path)
+                                      generated, path, stop=stop or NEVER)
         self._timed("write", t0)
         return SegmentDone(frames=n, workers=dict(_WORKERS))
 
-    def submit_segment(self, plan, seg, faces, features, avatar, path):
-        aw = asyncio.to_thread(self._segment, plan, seg, faces, features, avatar, path)
+    def submit_segment(self, plan, seg, faces, features, avatar, path, stop: StopToken | None = None):
+        aw = asyncio.to_thread(self._segment, plan, seg, faces, features, avatar, path, stop)
         return aw, InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=0)
 
-    async def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction) -> None:
-        await asyncio.to_thread(self.writer.finalize, paths, audio_path, out_path, fps)
+    async def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+                       stop: StopToken | None = None) -> None:
+        await asyncio.to_thread(self.writer.finalize, paths, audio_path, out_path, fps, stop or NEVER)
 
     async def workers(self) -> dict[str, int]:
         return dict(_WORKERS)

@@ -5,6 +5,10 @@ frames never travel between processes: only the small generated crops do), paste
 with the avatar's crop geometry (the backend's own blend mask), and encodes a closed-GOP H.264
 segment. Writing the same segment twice produces the same file, atomically replaced, so a retried
 call is harmless.
+
+``stop`` (``actors/stop_token.py``; anything with ``check(stage)``) is checked before every frame
+decoded or encoded: a stopped attempt's call ends within one frame with ``CancelledError`` and
+leaves no file (the atomic write removes its temp file).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import threading
 from collections import Counter
 from fractions import Fraction
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -22,6 +26,19 @@ from actors.errors import InvalidParameterError
 from actors.media.encode import encode_segment
 from actors.media.frame_cursor import FrameCursor
 from actors.media.join import join_segments
+
+
+class Stop(Protocol):
+    def check(self, stage: str) -> None: ...  # raises CancelledError once the attempt is stopped
+
+
+class _NeverStop:
+    def check(self, stage: str) -> None:
+        return None
+
+
+NEVER = _NeverStop()
+_STAGE = "write"
 
 
 def _contiguous_blocks(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -57,14 +74,15 @@ class SegmentWriter:
         self._cursor = FrameCursor()
         self._cursor_lock = threading.Lock()
 
-    def _template_frames(self, avatar: Avatar, sources: np.ndarray) -> dict[int, np.ndarray]:
+    def _template_frames(self, avatar: Avatar, sources: np.ndarray, stop: Stop) -> dict[int, np.ndarray]:
         # A segment needs at most len(sources) distinct template frames (ping-pong and loop revisit
         # them), so memory is bounded by the segment length, never by the clip length.
         needed = set(sources.tolist())
         frames: dict[int, np.ndarray] = {}
         with self._cursor_lock:
-            for start, stop in _contiguous_blocks(sources):
-                for i, frame in self._cursor.frames(avatar.info.path, start, stop):
+            for start, stop_at in _contiguous_blocks(sources):
+                for i, frame in self._cursor.frames(avatar.info.path, start, stop_at):
+                    stop.check(_STAGE)
                     if i in needed:
                         frames[i] = frame
         missing = needed - frames.keys()
@@ -76,14 +94,15 @@ class SegmentWriter:
         return frames
 
     def _composited(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
-                    generated: np.ndarray) -> Iterator[np.ndarray]:
-        frames = self._template_frames(avatar, sources)
+                    generated: np.ndarray, stop: Stop) -> Iterator[np.ndarray]:
+        frames = self._template_frames(avatar, sources, stop)
         uses_left = Counter(sources.tolist())
         boxes = avatar.boxes()
         masks = avatar.paste_masks()  # None unless the geometry's masks depend on the frame
         w, h = even_size(avatar.info.width, avatar.info.height)
         k = 0
         for src, has_face in zip(sources.tolist(), present.tolist()):
+            stop.check(_STAGE)
             frame = frames[src]
             uses_left[src] -= 1
             if has_face:
@@ -96,7 +115,7 @@ class SegmentWriter:
             yield frame if frame.shape[:2] == (h, w) else np.ascontiguousarray(frame[:h, :w])
 
     def write_segment(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
-                      generated: np.ndarray, out_path: str | os.PathLike) -> int:
+                      generated: np.ndarray, out_path: str | os.PathLike, stop: Stop = NEVER) -> int:
         """Encode one segment. ``generated`` holds one crop per True in ``present``, in order."""
         sources = np.asarray(sources)
         present = np.asarray(present, bool)
@@ -105,9 +124,12 @@ class SegmentWriter:
                 f"segment {os.fspath(out_path)}: {int(present.sum())} frames with a face but {len(generated)} generated crops"
             )
         w, h = even_size(avatar.info.width, avatar.info.height)
-        return encode_segment(self._composited(avatar, sources, present, generated), out_path,
+        stop.check(_STAGE)
+        return encode_segment(self._composited(avatar, sources, present, generated, stop), out_path,
                               avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset)
 
-    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction) -> None:
+    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+                 stop: Stop = NEVER) -> None:
         """Join the segments without re-encoding and mux AAC from the original audio."""
+        stop.check("finalize")  # a stream copy: short, so checked once, before it starts
         join_segments(segment_paths, audio_path, out_path, fps)

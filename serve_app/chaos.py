@@ -32,3 +32,32 @@ class ChaosHooks:
 
     def present(self, name: str) -> bool:
         return self.dir is not None and (self.dir / name).exists()
+
+
+class SlowFrames:
+    """The ``writer_slow`` fault: wraps a writer call's stop token (checked once per frame) so each
+    frame takes ``seconds`` longer, and logs every check to ``chaos_dir/writer_frames.log`` as
+    ``<token name> <pid> <unix s> <stopped 0/1>``: the chaos test reads how long a stopped
+    attempt's writer went on."""
+
+    def __init__(self, stop, seconds: float, log_path: Path):
+        self.stop, self.seconds, self.log_path = stop, seconds, log_path
+
+    def check(self, stage: str) -> None:
+        stopped = self.stop is not None and self.stop.is_set()
+        with open(self.log_path, "a") as f:
+            f.write(f"{os.path.basename(getattr(self.stop, 'path', '-'))} {os.getpid()} {time.time():.3f} {int(stopped)}\n")
+        if self.stop is not None:
+            self.stop.check(stage)
+        time.sleep(self.seconds)  # a slow frame (the fault), after the check as a real frame's work
+
+
+def writer_stop(hooks: ChaosHooks, stop):
+    """The stop object a writer call checks: ``stop`` itself, or wrapped by a ``writer_slow`` fault
+    (marker payload: seconds per frame). Every writer call after the fault logs its checks too."""
+    if hooks.dir is None:
+        return stop
+    slow = hooks.take("writer_slow")
+    if slow is None and not hooks.present("writer_log"):
+        return stop
+    return SlowFrames(stop, float(slow) if slow and slow != "1" else 0.0, hooks.dir / "writer_frames.log")

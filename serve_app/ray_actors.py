@@ -28,8 +28,9 @@ from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
 from actors.media.encode import pick_video_codec
 from actors.resources import generator_memory, gpu_stats
-from actors.segment_writer import SegmentWriter
-from serve_app.chaos import ChaosHooks
+from actors.segment_writer import NEVER, SegmentWriter
+from actors.stop_token import StopToken
+from serve_app.chaos import ChaosHooks, writer_stop
 from serve_app.config import GeneratorSettings, LipserveArgs
 
 
@@ -97,12 +98,17 @@ class GeneratorActor:
 
 
 class WriterActor:
-    """CPU stages: audio decoding, avatar preparation, segment compositing + encoding, final mux."""
+    """CPU stages: audio decoding, avatar preparation, segment compositing + encoding, final mux.
 
-    def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits):
+    Each work call takes its attempt's ``StopToken`` (``actors/stop_token.py``) and ends with
+    ``CancelledError`` once the driver has set it: between frames in ``write_segment``, at the start
+    of ``prepare_avatar`` and ``finalize`` (also when Ray re-sends the call after a restart)."""
+
+    def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits, chaos_dir: str | None = None):
         self.cache = AvatarCache(cache_dir, limits)
         self.limits = limits
         self.writer = SegmentWriter(codec=codec, crf=crf)
+        self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
     @ray.method(concurrency_group="control")
@@ -115,18 +121,23 @@ class WriterActor:
         samples = decode_audio(audio_path, self.limits)
         return len(samples), samples
 
-    def prepare_avatar(self, video_path: str, params: AvatarParams) -> Avatar:
+    def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None) -> Avatar:
+        if stop is not None:
+            stop.check("avatar")
         return self.cache.get_or_build(video_path, params)
 
     def write_segment(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
-                      generated: tuple[np.ndarray, int], out_path: str) -> tuple[int, int, int]:
+                      generated: tuple[np.ndarray, int], out_path: str,
+                      stop: StopToken | None = None) -> tuple[int, int, int]:
         """Returns (frames written, writer pid, generator pid that made the crops)."""
         crops, generator_pid = generated
-        n = self.writer.write_segment(avatar, sources, present, crops, out_path)
+        n = self.writer.write_segment(avatar, sources, present, crops, out_path,
+                                      stop=writer_stop(self.chaos, stop) or NEVER)
         return n, self.pid, generator_pid
 
-    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps) -> str:
-        self.writer.finalize(segment_paths, audio_path, out_path, fps)
+    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps,
+                 stop: StopToken | None = None) -> str:
+        self.writer.finalize(segment_paths, audio_path, out_path, fps, stop=stop or NEVER)
         return out_path
 
 
@@ -182,7 +193,7 @@ def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
     codec = pick_video_codec(w.prefer_nvenc)
     writers = [
         ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(**writer_actor_options(args)).remote(
-            avatar_cache_dir, codec, w.crf, args.media_limits())
+            avatar_cache_dir, codec, w.crf, args.media_limits(), args.chaos_dir)
         for _ in range(max(1, w.pool_size))
     ]
     infos = ray.get([g.info.remote() for g in generators.values()])

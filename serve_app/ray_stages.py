@@ -6,7 +6,9 @@ writer, and full frames never leave the writer that decodes and encodes them.
 
 In-flight actor calls are never ``ray.cancel``-ed: cancelling a queued actor call leaves a gap in
 the actor's per-caller ordering that stalls every later call to that actor (health checks included)
-for Ray's reorder wait (~30 s per gap). The driver lets them settle instead.
+for Ray's reorder wait (~30 s per gap). The driver lets them settle instead, and stops them with the
+attempt's ``StopToken`` (``actors/stop_token.py``, passed with every writer call): a writer call
+of a dead attempt ends at its next frame, also one that Ray re-sends after ``restart_stuck``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actors.avatar import Avatar, AvatarParams
 from actors.driver import FaceSource, InFlight, SegmentDone
 from actors.errors import LipserveError, WorkerLostError, as_lipserve_error
 from actors.plan import RenderPlan, Segment
+from actors.stop_token import StopToken
 from serve_app.ray_actors import PipelineActors
 
 
@@ -62,8 +65,8 @@ class RayStages:
     async def sample_count(self, samples) -> int:
         return samples[0]
 
-    def prepare_avatar(self, video_path: str, params: AvatarParams):
-        return self._writer().prepare_avatar.remote(video_path, params)
+    def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None):
+        return self._writer().prepare_avatar.remote(video_path, params, stop)
 
     def prepare_latents(self, avatar: Avatar):
         return self.generator.prepare_latents.remote(avatar)
@@ -72,12 +75,12 @@ class RayStages:
         return self.generator.prepare_audio.remote(samples[1], fps, n_frames)
 
     def submit_segment(self, plan: RenderPlan, seg: Segment, source: FaceSource, features: np.ndarray,
-                       avatar: Avatar, path: str):
+                       avatar: Avatar, path: str, stop: StopToken | None = None):
         faces, feats = plan.generator_inputs(seg, source.rows, features)
         generated = self.generator.generate.remote(faces, feats, source.latents)
         w = self._writer_index()
         ref = self.actors.writers[w].write_segment.remote(
-            avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path)
+            avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path, stop)
 
         async def done() -> SegmentDone:
             n, writer_pid, generator_pid = await ref
@@ -86,8 +89,9 @@ class RayStages:
 
         return done(), InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=w, generated=generated)
 
-    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction):
-        return self._writer().finalize.remote(paths, audio_path, out_path, fps)
+    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+                 stop: StopToken | None = None):
+        return self._writer().finalize.remote(paths, audio_path, out_path, fps, stop)
 
     async def workers(self) -> dict[str, int]:
         info, *wpids = await asyncio.gather(self.generator.info.remote(),

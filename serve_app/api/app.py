@@ -13,7 +13,7 @@ from serve_app.api.errors import install_error_handlers
 from serve_app.api.routes.avatars import router as avatars_router
 from serve_app.api.routes.backends import router as backends_router
 from serve_app.api.routes.health import router as health_router
-from serve_app.api.routes.hls import router as hls_router
+from serve_app.api.routes.hls import QUERY_TOKEN_PATHS, router as hls_router
 from serve_app.api.routes.jobs import router as jobs_router
 from serve_app.api.services import ApiServices
 from serve_app.api.studio import mount_studio
@@ -36,7 +36,8 @@ class RequestGuards:
         if self._chain is None:
             svc = self.get_services()
             limited = BodyLimitMiddleware(self.app, svc.body_limits)
-            self._chain = ApiKeyMiddleware(limited, svc.keyring, protected_prefixes=svc.protected_prefixes)
+            self._chain = ApiKeyMiddleware(limited, svc.keyring, protected_prefixes=svc.protected_prefixes,
+                                           query_token_paths=QUERY_TOKEN_PATHS)  # the HLS routes only
         await self._chain(scope, receive, send)
 
 

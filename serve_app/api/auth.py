@@ -11,9 +11,10 @@ network only; documented in docs/SECURITY.md). When any key is configured, the p
 (``/v1/``, and ``/easy/`` unless ``duix.auth: none``) require ``Authorization: Bearer <key>``;
 ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes.
 
-The live HLS routes (``QUERY_TOKEN_PATHS``) also take the key as ``?access_token=<key>``: the
-browser's own HLS player fetches the playlist and segments itself and cannot add a header. Only
-there, and only when no ``Authorization`` header is sent.
+Paths matching ``query_token_paths`` (the app passes the live HLS routes' pattern,
+``serve_app/api/routes/hls.py:QUERY_TOKEN_PATHS``) also take the key as ``?access_token=<key>``:
+the browser's own HLS player fetches the playlist and segments itself and cannot add a header.
+Only there, and only when no ``Authorization`` header is sent; off unless the caller names them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ ENV_KEYS = "LIPSERVE_API_KEYS"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MIN_KEY_LENGTH = 16  # short keys can be guessed; refuse them at startup
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# The live stream's playlist and segments (serve_app/api/routes/hls.py).
-QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class ApiKeyMiddleware:
     ``scope["state"]["tenant"]`` (``request.state.tenant`` in handlers; see ``tenant_of``)."""
 
     def __init__(self, app, keyring: ApiKeyRing, *, protected_prefixes: tuple[str, ...] = ("/v1/",),
-                 open_paths: frozenset[str] = OPEN_PATHS, query_token_paths: re.Pattern | None = QUERY_TOKEN_PATHS):
+                 open_paths: frozenset[str] = OPEN_PATHS, query_token_paths: re.Pattern | None = None):
         self.app = app
         self.keyring = keyring
         self.protected_prefixes = protected_prefixes
@@ -159,7 +158,8 @@ class ApiKeyMiddleware:
 
     def _query_token(self, scope: dict[str, Any]) -> str | None:
         """``Bearer <access_token>`` for the paths that may carry the key in the query string."""
-        if self.query_token_paths is None or not self.query_token_paths.match(scope.get("path", "")):
+        # The route's own path (without a Serve route_prefix), as ``_protected`` sees it.
+        if self.query_token_paths is None or not self.query_token_paths.match(route_path(scope)):
             return None
         tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token")
         return f"Bearer {tokens[0]}" if tokens else None

@@ -44,6 +44,7 @@ class AttemptView(BaseModel):
     ended_at: float | None = None
     error: ErrorInfo | None = None
     released: bool = False
+    resources: AttemptResources | None = Field(None, description="what the attempt used (memory, frames/s per stage)")
     owner: str | None = Field(None, description="admin keys only")
     incidents: list[Incident] | None = Field(None, description="admin keys only")
 
@@ -119,3 +120,37 @@ class Readiness(BaseModel):
     pipeline_replicas: int | None = None
     reason: str | None = None
     pipeline: dict[str, Any] | None = None
+
+
+class DuixReply(BaseModel):
+    """The Duix envelope, on every answer of ``/easy/*`` (errors too: 429 is ``code`` 9999)."""
+
+    code: int
+    data: dict[str, Any] = {}
+    msg: Any = None
+    success: bool
+
+
+# Request bodies of the routes that read their body themselves (multipart with streamed limits, or
+# hostile-JSON-safe parsing): documented here so clients and the fuzzer see the real contract.
+def _multipart(required: list[str], files: tuple[str, ...], fields: dict[str, dict]) -> dict:
+    props = {name: {"type": "string", "format": "binary"} for name in files}
+    props.update(fields)
+    return {"schema": {"type": "object", "required": required, "properties": props}}
+
+
+SUBMIT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": _multipart(["audio"], ("audio", "video"), {
+        "avatar_id": {"type": "string", "maxLength": 64},
+        "backend": {"type": "string", "maxLength": 64},
+        "pingpong": {"type": "string", "enum": ["true", "false"]},
+        "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        "box": {"type": "string", "description": "four integers x1 y1 x2 y2"},
+        "callback_url": {"type": "string", "maxLength": 4096}}),
+    "application/json": {"schema": JobSubmission.model_json_schema()},
+}}}
+AVATAR_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": _multipart(["video"], ("video",), {})}}}
+DUIX_SUBMIT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["audio_url", "video_url", "code"],
+    "properties": {"audio_url": {"type": "string"}, "video_url": {"type": "string"}, "code": {"type": "string"}}}}}}}

@@ -114,7 +114,16 @@ class Client:
         """Poll the job until it reaches one of ``statuses`` (or ``predicate`` holds); bounded."""
         deadline = time.monotonic() + timeout
         while True:
-            rec = self.job(job_id)
+            try:
+                rec = self.job(job_id)
+            except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+                # A lost node or replica answers 5xx / drops the connection until Serve replaces the
+                # ingress: a polling client retries, the record is in the store.
+                status = getattr(getattr(exc, "response", None), "status_code", 503)
+                if status < 500 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
             if (predicate(rec) if predicate else rec["status"] in statuses):
                 return rec
             if time.monotonic() > deadline:

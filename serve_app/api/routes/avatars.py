@@ -9,7 +9,7 @@ from actors.errors import InvalidParameterError
 from serve_app.api.auth import tenant_of
 from serve_app.api.errors import responses
 from serve_app.api.forms import read_form
-from serve_app.api.schemas import AvatarList, AvatarView
+from serve_app.api.schemas import AVATAR_BODY, AvatarList, AvatarView
 from serve_app.api.services import ApiServices, services
 from serve_app.jobs.avatar_registry import list_avatars
 
@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
 
 
 @router.post("", status_code=201, response_model=AvatarView, responses=responses(401, 413, 422),
+             openapi_extra=AVATAR_BODY,
              summary="Register a template video once; jobs pass avatar_id")
 async def register_avatar(request: Request, svc: ApiServices = Depends(services)):
     form = await read_form(request, files=("video",), fields=())

@@ -10,11 +10,14 @@ key as ``?access_token=`` on these routes only (``serve_app/api/auth.py``).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+import re
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from actors.errors import NotFoundError, ResultNotReadyError
 from actors.media import hls
+from serve_app.api.auth import tenant_of
 from serve_app.api.errors import responses
 from serve_app.api.routes.jobs import job_or_404
 from serve_app.api.services import ApiServices, services
@@ -25,13 +28,17 @@ router = APIRouter(prefix="/v1/jobs", tags=["live stream"])
 # The playlist grows: always revalidate. Segments never change once listed.
 _PLAYLIST_HEADERS = {"Cache-Control": "no-cache"}
 _SEGMENT_HEADERS = {"Cache-Control": "private, max-age=3600"}
+# The paths of the two routes below: the only ones where ApiKeyMiddleware takes ``?access_token=``
+# (serve_app/api/app.py passes it), because a browser's native HLS player cannot send headers.
+QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 _ACCESS_TOKEN = Query(None, description="The API key, for players that cannot send an Authorization header")
 
 
 @router.get("/{job_id}/hls/index.m3u8", response_class=FileResponse, responses=responses(401, 404, 409),
             summary="Live HLS playlist (EVENT, fMP4 segments); 409 result_not_ready until the first segment")
-async def playlist(job_id: str, access_token: str | None = _ACCESS_TOKEN, svc: ApiServices = Depends(services)):
-    rec = await job_or_404(svc, job_id)
+async def playlist(job_id: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
+                   svc: ApiServices = Depends(services)):
+    rec = await job_or_404(svc, job_id, tenant_of(request))
     path = svc.storage.hls_dir(job_id) / hls.PLAYLIST
     if not path.is_file():
         if rec.status in TERMINAL and rec.status != JobStatus.SUCCEEDED:
@@ -45,9 +52,9 @@ async def playlist(job_id: str, access_token: str | None = _ACCESS_TOKEN, svc: A
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse, responses=responses(401, 404),
             summary="A live stream file: init.mp4 or seg_NNNNN.m4s (fMP4)")
-async def media(job_id: str, name: str, access_token: str | None = _ACCESS_TOKEN,
+async def media(job_id: str, name: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
                 svc: ApiServices = Depends(services)):
-    await job_or_404(svc, job_id)
+    await job_or_404(svc, job_id, tenant_of(request))
     path = svc.storage.hls_dir(job_id) / name
     if not hls.is_media_name(name) or not path.is_file():  # the name check keeps reads inside the folder
         raise NotFoundError(f"job {job_id} has no live stream file {name!r}")

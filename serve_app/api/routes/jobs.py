@@ -17,7 +17,7 @@ from serve_app.api.errors import error_response, responses
 from serve_app.api.forms import read_form
 from serve_app.api.intake import Submission
 from serve_app.api.json_guard import read_json
-from serve_app.api.schemas import JobList, JobSubmission, JobView
+from serve_app.api.schemas import SUBMIT_BODY, JobList, JobSubmission, JobView
 from serve_app.api.services import ApiServices, services
 from serve_app.jobs.outbox import delivery_view
 from serve_app.jobs.records import TERMINAL, JobRecord, JobStatus
@@ -114,7 +114,9 @@ async def _json(svc: ApiServices, request: Request, job_id: str, tenant: Tenant)
     return sub, {"options": req.model_dump(mode="json"), "files": {}}
 
 
-@router.post("", status_code=202, response_model=JobView, responses=responses(401, 409, 413, 422, 429, 507),
+@router.post("", status_code=202, response_model=JobView, openapi_extra=SUBMIT_BODY,
+             responses={200: {"model": JobView, "description": "Idempotency-Key replay: the first job"},
+                        **responses(401, 409, 413, 422, 429, 507)},
              summary="Submit a job (multipart upload, or JSON with server paths / URLs)")
 async def submit(request: Request, svc: ApiServices = Depends(services)):
     tenant = tenant_of(request)

@@ -112,7 +112,7 @@ def test_tenant_limits():
         AuthSettings.model_validate({"keyfile": "typo"})
 
 
-def make_app(ring: ApiKeyRing, protected=("/v1/", "/easy/")) -> FastAPI:
+def make_app(ring: ApiKeyRing, protected=("/v1/", "/easy/"), query_token_paths=None) -> FastAPI:
     app = FastAPI()
 
     async def who(request: Request):
@@ -121,7 +121,8 @@ def make_app(ring: ApiKeyRing, protected=("/v1/", "/easy/")) -> FastAPI:
 
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/easy/query", "/healthz", "/readyz", "/metrics", "/openapi-ish"):
         app.add_api_route(path, who, methods=["GET"])
-    app.add_middleware(ApiKeyMiddleware, keyring=ring, protected_prefixes=protected)
+    app.add_middleware(ApiKeyMiddleware, keyring=ring, protected_prefixes=protected,
+                       query_token_paths=query_token_paths)
     return app
 
 
@@ -158,7 +159,9 @@ async def test_auth_off_serves_everyone_as_default():
 
 
 async def test_access_token_query_only_on_the_live_stream_routes(ring):
-    app = make_app(ring)
+    from serve_app.api.routes.hls import QUERY_TOKEN_PATHS
+
+    app = make_app(ring, query_token_paths=QUERY_TOKEN_PATHS)
 
     async def who(request: Request):
         return {"tenant": tenant_of(request).name}
@@ -179,3 +182,8 @@ async def test_access_token_query_only_on_the_live_stream_routes(ring):
         r = await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB},
                         headers={"Authorization": f"Bearer {ROOT}"})
         assert r.json() == {"tenant": "ops"}
+    # Off unless the app names the paths.
+    plain = make_app(ring)
+    plain.add_api_route("/v1/jobs/{job_id}/hls/{name}", who, methods=["GET"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://t") as c:
+        assert (await c.get("/v1/jobs/abc/hls/index.m3u8", params={"access_token": BOB})).status_code == 401

@@ -289,7 +289,7 @@ def test_to_api_is_json_and_error_messages_never_empty(store):
         json.dumps(rec.to_api())
     public = rec.to_api()  # a tenant's view: no server paths, hosts or pids
     assert "result_path" not in public and "owner" not in public and "/v.mp4" not in json.dumps(public)
-    assert public["attempts"][0].keys() == {"n", "started_at", "ended_at", "error", "released"}
+    assert public["attempts"][0].keys() == {"n", "started_at", "ended_at", "error", "released", "resources"}
 
 
 def test_wait_for_work_wakes_when_a_job_becomes_queued(store):
