@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from actors.compose import crop_box, extract_crop
+from actors.crop_geometry import CropGeometry, PaddedBoxGeometry
 from actors.errors import InvalidParameterError, NoFaceError
 from actors.face.detector import make_detector
 from actors.face.tracking import boxes_from_override, track_faces
@@ -29,12 +29,16 @@ from actors.media.digest import file_digest
 from actors.media.template import TemplateInfo, iter_frames, probe_template
 
 # Bump when the on-disk layout or the preprocessing changes, so stale caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class AvatarParams:
-    """Everything besides the template bytes that changes the cached result."""
+    """Everything besides the template bytes that changes the cached result.
+
+    ``geometry`` is the generator's declared crop geometry (``actors/crop_geometry.py``); when it
+    is None, ``crop_size`` and ``pads`` describe the default padded-box geometry.
+    """
 
     crop_size: int = 160
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's default)
@@ -42,9 +46,19 @@ class AvatarParams:
     smooth_window: int = 5
     box: tuple[int, int, int, int] | None = None  # user override: x1 y1 x2 y2
     detector_model: str | None = None  # path of an ONNX detector; None = embedded Haar cascade
+    # Tracking gaps up to this long get interpolated / held boxes (actors/face/tracking.py).
+    max_gap_s: float = 1.0
+    geometry: CropGeometry | None = None
+
+    def crop_geometry(self) -> CropGeometry:
+        return self.geometry if self.geometry is not None else PaddedBoxGeometry(self.crop_size, self.pads)
 
     def fingerprint(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "geometry"}
+        geometry = self.crop_geometry()
+        d["geometry"] = geometry.describe()
+        d["crop_size"] = geometry.crop_size
+        return json.dumps(d, sort_keys=True, default=list)
 
 
 @dataclass
@@ -56,6 +70,7 @@ class Avatar:
     info: TemplateInfo
     crop_size: int
     faces_found: int
+    geometry: CropGeometry = field(default_factory=PaddedBoxGeometry)
 
     @property
     def n_frames(self) -> int:
@@ -72,6 +87,31 @@ class Avatar:
     def crops(self) -> np.ndarray:
         """uint8[n, S, S, 3] face crops, memory-mapped read-only (zeros where no face)."""
         return np.load(os.path.join(self.directory, "crops.npy"), mmap_mode="r")
+
+    def paste_masks(self) -> "PasteMasks | None":
+        """The stored per-frame paste masks, for geometries whose mask depends on the frame
+        (``CropGeometry.make_masker``); None for the others."""
+        offsets_path = os.path.join(self.directory, "mask_offsets.npy")
+        if not os.path.exists(offsets_path):
+            return None
+        return PasteMasks(np.load(offsets_path), np.load(os.path.join(self.directory, "masks.npy"), mmap_mode="r"))
+
+    def latents(self, name: str) -> np.ndarray:
+        """A backend's cached per-frame reference latents (``actors/avatar_latents.py``), memory-mapped."""
+        return np.load(os.path.join(self.directory, name), mmap_mode="r")
+
+
+@dataclass
+class PasteMasks:
+    """Ragged uint8 squares, one per template frame (empty where there is no face)."""
+
+    offsets: np.ndarray  # int64[n + 1]
+    flat: np.ndarray  # uint8[offsets[-1]], memory-mapped
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        side = int(round((hi - lo) ** 0.5))
+        return np.asarray(self.flat[lo:hi]).reshape(side, side)
 
 
 def _info_to_json(info: TemplateInfo) -> dict:
@@ -101,7 +141,7 @@ class AvatarCache:
         material = f"v{CACHE_VERSION}|{digest}|{params.fingerprint()}"
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 
-    def get(self, key: str, video_path: str | os.PathLike) -> Avatar | None:
+    def get(self, key: str, video_path: str | os.PathLike, params: AvatarParams | None = None) -> Avatar | None:
         directory = self.root / key
         meta_path = directory / "meta.json"
         if not meta_path.exists():
@@ -117,15 +157,17 @@ class AvatarCache:
             info=_info_from_json(meta["info"], str(video_path)),
             crop_size=meta["crop_size"],
             faces_found=meta["faces_found"],
+            geometry=(params or AvatarParams(crop_size=meta["crop_size"])).crop_geometry(),
         )
 
     def get_or_build(self, video_path: str | os.PathLike, params: AvatarParams, digest: str | None = None) -> Avatar:
         key = self.key_for(video_path, params, digest)
-        return self.get(key, video_path) or self._build(key, Path(video_path), params)
+        return self.get(key, video_path, params) or self._build(key, Path(video_path), params)
 
     def _build(self, key: str, video_path: Path, params: AvatarParams) -> Avatar:
-        if params.crop_size < 16:
-            raise InvalidParameterError(f"crop_size must be >= 16, got {params.crop_size}")
+        geometry = params.crop_geometry()
+        if params.max_gap_s < 0:
+            raise InvalidParameterError(f"max_gap_s must be >= 0, got {params.max_gap_s}")
         info = probe_template(video_path, self.limits)
         if params.box is not None:
             track = boxes_from_override(params.box, info.n_frames)
@@ -135,9 +177,10 @@ class AvatarCache:
                 make_detector(params.detector_model),
                 detect_every=params.detect_every,
                 smooth_window=params.smooth_window,
+                max_gap=int(params.max_gap_s * info.fps),
                 path=str(video_path),
             )
-        track_boxes, present = track.boxes, track.present
+        track_boxes, present, marks = track.boxes, track.present, track.landmarks
         # The container may announce more frames than it decodes; trust what the tracker saw.
         n = min(len(present), info.n_frames)
         if n == 0 or not present[:n].any():
@@ -151,18 +194,31 @@ class AvatarCache:
 
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
-            S = params.crop_size
+            S = geometry.crop_size
             boxes = np.zeros((n, 4), np.int32)
+            for i in np.flatnonzero(present[:n]):
+                boxes[i] = geometry.crop_box(track_boxes[i], info.width, info.height,
+                                             None if marks is None else marks[i])
             crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+            masker = geometry.make_masker()
+            if masker is not None:  # frame-dependent paste masks: ragged, one square per frame
+                sides = np.array([geometry.mask_side(b) if present[i] else 0 for i, b in enumerate(boxes)], np.int64)
+                offsets = np.concatenate([[0], np.cumsum(sides * sides)])
+                np.save(tmp / "mask_offsets.npy", offsets)
+                masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                                  shape=(int(offsets[-1]),))
             for i, frame in iter_frames(video_path, stop=n):
                 if i >= n:
                     break
                 if present[i]:
-                    box = crop_box(track_boxes[i], frame.shape[1], frame.shape[0], params.pads)
-                    boxes[i] = box
-                    crops[i] = extract_crop(frame, box, S)
+                    crops[i] = geometry.extract(frame, boxes[i])
+                    if masker is not None:
+                        masks[offsets[i]:offsets[i + 1]] = masker(frame, boxes[i]).reshape(-1)
             crops.flush()
             del crops
+            if masker is not None:
+                masks.flush()
+                del masks
             np.save(tmp / "boxes.npy", boxes)
             np.save(tmp / "present.npy", np.asarray(present[:n], bool))
             faces_found = int(np.count_nonzero(present[:n]))
@@ -177,6 +233,6 @@ class AvatarCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        avatar = self.get(key, video_path)
+        avatar = self.get(key, video_path, params)
         assert avatar is not None
         return avatar

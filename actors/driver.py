@@ -2,9 +2,11 @@
 
     1. audio     decode the track to 16 kHz mono                         (Stages.decode_audio)
     2. avatar    probe the template, track the face, crop (cached)       (Stages.prepare_avatar)
+       latents   the generator's per-frame face latents, if it has any
+                 (cached in the avatar, once per template and model)     (Stages.prepare_latents)
     3. plan      output frame -> template frame, segments                (actors/plan.py)
     4. features  the generator's own audio front-end, once on the track  (Stages.prepare_features)
-    5. segments  crops + features -> generate -> paste + encode, at most
+    5. segments  crops (or latents) + features -> generate -> paste + encode, at most
                  ``max_inflight`` segments in flight (backpressure)       (Stages.submit_segment)
     6. finalize  join the segments without re-encoding, mux the audio    (Stages.finalize)
 
@@ -75,6 +77,15 @@ class RenderRequest:
 
 
 @dataclass(frozen=True)
+class FaceSource:
+    """What the generator is fed per template frame: the avatar's crops, or its cached latents
+    (``actors/avatar_latents.py``); ``rows[i]`` belongs to template frame ``i``."""
+
+    rows: Any
+    latents: bool = False
+
+
+@dataclass(frozen=True)
 class SegmentDone:
     frames: int
     workers: dict[str, int]  # worker name -> process id that did the work (restarts show as changes)
@@ -110,8 +121,9 @@ class Stages(Protocol):
     def sample_count(self, samples: Any) -> Awaitable[int]: ...
     # ``stop``: the attempt's StopToken, passed on to the worker so it can end a dead attempt's call.
     def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None) -> Awaitable[Avatar]: ...
+    def prepare_latents(self, avatar: Avatar) -> Awaitable[str | None]: ...  # latents file name, or None
     def prepare_features(self, samples: Any, fps: Fraction, n_frames: int) -> Awaitable[np.ndarray]: ...
-    def submit_segment(self, plan: RenderPlan, seg: Segment, crops: np.ndarray, features: np.ndarray,
+    def submit_segment(self, plan: RenderPlan, seg: Segment, faces: FaceSource, features: np.ndarray,
                        avatar: Avatar, path: str, stop: StopToken | None = None) -> tuple[Awaitable[SegmentDone], InFlight]: ...
     def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
                  stop: StopToken | None = None) -> Awaitable[Any]: ...
@@ -194,6 +206,7 @@ class SegmentDriver:
         samples = await self._stage("audio", s.decode_audio(req.audio_path), 0.02)
         n_samples = await s.sample_count(samples)
         avatar = await self._stage("avatar", s.prepare_avatar(req.video_path, req.avatar, stop=stop), 0.04)
+        latents = await self._stage("latents", s.prepare_latents(avatar))
         plan = make_plan(n_samples, avatar, req.mode, req.segment_frames)
         live = self._live(req, plan, started)
         try:
@@ -202,7 +215,7 @@ class SegmentDriver:
             t0 = time.perf_counter()
             await _call(self.events.progress, "generate_write", None)
             try:
-                reused = await self.run_segments(plan, avatar, features, paths, live, stop)
+                reused = await self.run_segments(plan, avatar, features, paths, live, stop, latents)
                 if live:
                     await live.finish(self.policy.settle_timeout_s)
             finally:
@@ -227,11 +240,16 @@ class SegmentDriver:
         return live
 
     async def run_segments(self, plan: RenderPlan, avatar: Avatar, features: np.ndarray, paths: list[str],
-                           live: LiveHls | None = None, stop: StopToken | None = None) -> int:
+                           live: LiveHls | None = None, stop: StopToken | None = None,
+                           latents: str | None = None) -> int:
         """Generate and write every segment not already on disk; returns how many were reused.
-        On any early exit ``stop`` is set before the in-flight calls are left to settle."""
+        On any early exit ``stop`` is set before the in-flight calls are left to settle.
+        ``latents``: the avatar's cached latents file for this generator (``prepare_latents``)."""
         policy, s = self.policy, self.stages
-        crops = await asyncio.to_thread(avatar.crops)
+        if latents:
+            faces = FaceSource(await asyncio.to_thread(avatar.latents, latents), latents=True)
+        else:
+            faces = FaceSource(await asyncio.to_thread(avatar.crops))
         known = await s.workers()
         queue = [(seg, p) for seg, p in zip(plan.segments, paths) if not os.path.exists(p)]
         reused = len(plan.segments) - len(queue)
@@ -248,7 +266,7 @@ class SegmentDriver:
             while queue or pending:
                 while queue and len(pending) < policy.max_inflight:  # backpressure
                     seg, path = queue.pop(0)
-                    aw, entry = s.submit_segment(plan, seg, crops, features, avatar, path, stop=stop)
+                    aw, entry = s.submit_segment(plan, seg, faces, features, avatar, path, stop=stop)
                     pending[asyncio.ensure_future(aw)] = entry
                 timeout = policy.stuck_after(expected_s)
                 cancel_wait = asyncio.ensure_future(self.cancelled.wait())

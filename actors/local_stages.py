@@ -17,7 +17,8 @@ from fractions import Fraction
 import numpy as np
 
 from actors.avatar import Avatar, AvatarCache, AvatarParams
-from actors.driver import InFlight, SegmentDone
+from actors.avatar_latents import ensure_latents
+from actors.driver import FaceSource, InFlight, SegmentDone
 from actors.errors import LipserveError, as_lipserve_error
 from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
@@ -51,15 +52,27 @@ class LocalStages:
             stop.check("avatar")
         return await asyncio.to_thread(self.cache.get_or_build, video_path, params)
 
+    async def prepare_latents(self, avatar: Avatar) -> str | None:
+        return await asyncio.to_thread(self._locked, ensure_latents, self.generator, avatar)
+
+    def _locked(self, fn, *args):
+        with self._generate_lock:
+            return fn(*args)
+
     async def prepare_features(self, samples: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         return await asyncio.to_thread(self.generator.prepare_audio, samples, fps, n_frames)
 
-    def _segment(self, plan: RenderPlan, seg: Segment, crops, features, avatar: Avatar, path: str,
+    def _segment(self, plan: RenderPlan, seg: Segment, source: FaceSource, features, avatar: Avatar, path: str,
                  stop: StopToken | None) -> SegmentDone:
         t0 = time.perf_counter()
-        faces, feats = plan.generator_inputs(seg, crops, features)
+        faces, feats = plan.generator_inputs(seg, source.rows, features)
         with self._generate_lock:
-            generated = self.generator.generate(faces, feats) if len(faces) else faces
+            if not len(faces):
+                generated = np.zeros((0, 1, 1, 3), np.uint8)
+            elif source.latents:
+                generated = self.generator.generate_from_latents(faces, feats)
+            else:
+                generated = self.generator.generate(faces, feats)
         self._timed("generate", t0)
         t0 = time.perf_counter()
         n = self.writer.write_segment(avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop],
@@ -67,8 +80,8 @@ class LocalStages:
         self._timed("write", t0)
         return SegmentDone(frames=n, workers=dict(_WORKERS))
 
-    def submit_segment(self, plan, seg, crops, features, avatar, path, stop: StopToken | None = None):
-        aw = asyncio.to_thread(self._segment, plan, seg, crops, features, avatar, path, stop)
+    def submit_segment(self, plan, seg, faces, features, avatar, path, stop: StopToken | None = None):
+        aw = asyncio.to_thread(self._segment, plan, seg, faces, features, avatar, path, stop)
         return aw, InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=0)
 
     async def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,

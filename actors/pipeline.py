@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from actors.avatar import AvatarCache, AvatarParams
+from actors.crop_geometry import CropGeometry
 from actors.driver import DriveEvents, DrivePolicy, RenderRequest, SegmentDriver
 from actors.generators import make_generator
 from actors.limits import MediaLimits
@@ -31,13 +32,15 @@ ProgressFn = Callable[[str, float], None]  # (stage, fraction of the whole job d
 @dataclass
 class RenderOptions:
     backend: str = "default"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # Wav2Lip weights file, or MuseTalk's models directory
     device: str = "cpu"
     batch_size: int = 32  # generator frames per forward pass
     threads: int | None = None  # generator CPU threads; None = the runtime's default (every core)
+    precision: str = "auto"  # MuseTalk: auto (fp16 on CUDA), fp32, fp16
     mode: str = "pingpong"  # or "loop": how the template covers audio longer than it
     box: tuple[int, int, int, int] | None = None
     detector_model: str | None = None
+    max_gap_s: float = 1.0  # face-tracking gaps up to this long get interpolated / held boxes
     segment_frames: int = 50
     max_inflight: int = 2  # segments in flight: generation of one overlaps encoding of another
     prefer_nvenc: bool = False
@@ -64,8 +67,10 @@ class RenderSummary:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
-def avatar_params_for(options: RenderOptions, crop_size: int) -> AvatarParams:
-    return AvatarParams(crop_size=crop_size, box=options.box, detector_model=options.detector_model)
+def avatar_params_for(options: RenderOptions, geometry: CropGeometry) -> AvatarParams:
+    """The avatar parameters of a render with a generator that declares ``geometry``."""
+    return AvatarParams(crop_size=geometry.crop_size, box=options.box, detector_model=options.detector_model,
+                        max_gap_s=options.max_gap_s, geometry=geometry)
 
 
 class LocalRenderer:
@@ -73,9 +78,9 @@ class LocalRenderer:
 
     def __init__(self, options: RenderOptions | None = None, generator=None):
         self.options = options or RenderOptions()
-        self.generator = generator or make_generator(self.options.backend, self.options.checkpoint,
-                                                     self.options.device, self.options.batch_size,
-                                                     threads=self.options.threads)
+        o = self.options
+        self.generator = generator or make_generator(o.backend, o.checkpoint, o.device, o.batch_size, o.precision,
+                                                     threads=o.threads)
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 
@@ -96,7 +101,7 @@ class LocalRenderer:
             driver = SegmentDriver(stages, DrivePolicy(max_inflight=opts.max_inflight, prepare_timeout_s=None), events)
             result = await driver.render(RenderRequest(
                 audio_path=str(audio_path), video_path=str(video_path), out_path=str(out_path), work_dir=work_dir,
-                mode=opts.mode, avatar=avatar_params_for(opts, self.generator.crop_size),
+                mode=opts.mode, avatar=avatar_params_for(opts, self.generator.crop_geometry),
                 segment_frames=opts.segment_frames, hls_dir=str(hls_dir) if hls_dir else None))
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -44,12 +44,13 @@ class RenderPlan:
     def segment_sources(self, seg: Segment) -> np.ndarray:
         return self.source_index[seg.start:seg.stop]
 
-    def generator_inputs(self, seg: Segment, avatar_crops: np.ndarray, features: np.ndarray):
-        """(faces uint8[k,S,S,3], features[k,...]) for the k frames of ``seg`` that have a face;
-        ``features`` is the generator's ``prepare_audio`` output (one row per output frame)."""
+    def generator_inputs(self, seg: Segment, avatar_rows: np.ndarray, features: np.ndarray):
+        """(faces[k,...], features[k,...]) for the k frames of ``seg`` that have a face;
+        ``avatar_rows`` has one row per template frame (its crops ``uint8[n,S,S,3]``, or its cached
+        latents); ``features`` is the generator's ``prepare_audio`` output (one row per output frame)."""
         present = self.face_present[seg.start:seg.stop]
         frames = np.arange(seg.start, seg.stop)[present]
-        faces = np.ascontiguousarray(avatar_crops[self.source_index[frames]])
+        faces = np.ascontiguousarray(avatar_rows[self.source_index[frames]])
         return faces, np.ascontiguousarray(features[frames])
 
 

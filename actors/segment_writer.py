@@ -2,8 +2,9 @@
 
 This is the core of ``WriterActor``. It decodes the template frames a segment needs itself (full
 frames never travel between processes: only the small generated crops do), pastes the crops back
-with the feathered lower-face mask, and encodes a closed-GOP H.264 segment. Writing the same segment
-twice produces the same file, atomically replaced, so a retried call is harmless.
+with the avatar's crop geometry (the backend's own blend mask), and encodes a closed-GOP H.264
+segment. Writing the same segment twice produces the same file, atomically replaced, so a retried
+call is harmless.
 
 ``stop`` (``actors/stop_token.py``; anything with ``check(stage)``) is checked before every frame
 decoded or encoded: a stopped attempt's call ends within one frame with ``CancelledError`` and
@@ -21,7 +22,6 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from actors.avatar import Avatar
-from actors.compose import composite
 from actors.errors import InvalidParameterError
 from actors.media.encode import encode_segment
 from actors.media.frame_cursor import FrameCursor
@@ -98,6 +98,7 @@ class SegmentWriter:
         frames = self._template_frames(avatar, sources, stop)
         uses_left = Counter(sources.tolist())
         boxes = avatar.boxes()
+        masks = avatar.paste_masks()  # None unless the geometry's masks depend on the frame
         w, h = even_size(avatar.info.width, avatar.info.height)
         k = 0
         for src, has_face in zip(sources.tolist(), present.tolist()):
@@ -107,8 +108,9 @@ class SegmentWriter:
             if has_face:
                 # The decoded frame is ours: paste into it unless a later frame of this segment
                 # shows the same template frame again (ping-pong / loop turns).
-                frame = composite(frame, boxes[src], generated[k], color_match=self.color_match,
-                                  inplace=uses_left[src] == 0)
+                frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match,
+                                              mask=None if masks is None else masks[src],
+                                              inplace=uses_left[src] == 0)
                 k += 1
             yield frame if frame.shape[:2] == (h, w) else np.ascontiguousarray(frame[:h, :w])
 

@@ -133,13 +133,14 @@ def prepare_main(argv: list[str]) -> int:
 
     for cfg in configs:
         cfg["warm_cache"] = str(work / f"cache-warm-{cfg['label']}")
-        cfg["crop_size"] = make_generator(cfg["backend"], cfg["checkpoint"], "cpu").crop_size
+        geometry = make_generator(cfg["backend"], cfg["checkpoint"], "cpu").crop_geometry
+        cfg["crop_size"] = geometry.crop_size
         cfg["prebuild_seconds"] = None
         if a.prebuild:
             opts = RenderOptions(backend=cfg["backend"], checkpoint=cfg["checkpoint"], device="cpu",
                                  cache_dir=cfg["warm_cache"])
             t0 = time.perf_counter()
-            AvatarCache(opts.cache_dir, opts.limits).get_or_build(TEMPLATE, avatar_params_for(opts, cfg["crop_size"]))
+            AvatarCache(opts.cache_dir, opts.limits).get_or_build(TEMPLATE, avatar_params_for(opts, geometry))
             cfg["prebuild_seconds"] = time.perf_counter() - t0
 
     audio = {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.errors import InvalidParameterError
+from actors.generators import canonical_backend
 from actors.limits import MediaLimits
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,10 +61,13 @@ class ActorFaultSettings(_Strict):
 
 
 class GeneratorSettings(_Strict):
-    backend: Literal["default", "mouth_warp", "wav2lip"] = "default"
-    checkpoint: str | None = None  # .pth/.pt (torch) or .onnx (onnxruntime); never downloaded
+    backend: Literal["default", "mouth_warp", "wav2lip", "musetalk"] = "default"
+    # wav2lip: .pth/.pt (torch) or .onnx (onnxruntime); musetalk: the models directory in the
+    # public layout (musetalkV15/, sd-vae/, whisper/). Never downloaded.
+    checkpoint: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = 32
+    precision: Literal["auto", "fp32", "fp16"] = "auto"  # musetalk only: auto = fp16 on CUDA
     # CPU threads of the forward pass (onnxruntime intra-op / torch); None = sized to num_cpus
     # (at least 1), so a generator never spreads over the cores its writers were given.
     threads: int | None = Field(default=None, ge=1)
@@ -252,7 +256,12 @@ class LipserveArgs(_Strict):
     database_url: str | None = None
     # ONNX face detector (SCRFD-style [N,5] output, or YuNet); None = embedded Haar cascade.
     detector_model: str | None = None
+    # Face-tracking gaps up to this long get interpolated / held boxes; longer ones pass through.
+    max_face_gap_s: float = Field(1.0, ge=0)
+    # One backend (``generator``), or several served at once (``generators``; the first is the
+    # default of jobs that name none). Each gets its own GeneratorActor per pipeline replica.
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    generators: list[GeneratorSettings] | None = Field(None, min_length=1)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     pipeline: PipelineDeploymentSettings = Field(default_factory=PipelineDeploymentSettings)
@@ -299,6 +308,38 @@ class LipserveArgs(_Strict):
                 raise ValueError(f"jobs.input_roots: {root} overlaps storage_dir {self.storage_dir}; "
                                  "storage_dir is never an input root")
         return self
+
+    @model_validator(mode="after")
+    def _one_generator_form(self) -> "LipserveArgs":
+        if self.generators is not None:
+            # (compared with the defaults, not by "was it set": model_dump() round-trips both keys)
+            if self.generator != GeneratorSettings():
+                raise ValueError("set either 'generator' (one backend) or 'generators' (several), not both")
+            names = [canonical_backend(g.backend) for g in self.generators]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"'generators' lists backend(s) {', '.join(dupes)} more than once")
+        return self
+
+    def served_generators(self) -> dict[str, GeneratorSettings]:
+        """Backend name -> its settings, the default backend first (``mouth_warp`` is ``default``)."""
+        return {canonical_backend(g.backend): g for g in (self.generators or [self.generator])}
+
+    @property
+    def default_backend(self) -> str:
+        return next(iter(self.served_generators()))
+
+    def resolve_backend(self, backend: str | None) -> str:
+        """The served backend a job names (None or "": the default); a typed 422 for any other."""
+        served = list(self.served_generators())
+        if not backend:
+            return served[0]
+        name = canonical_backend(backend)
+        if name not in served:
+            raise InvalidParameterError(
+                f"backend {backend!r} is not served by this deployment (it serves {', '.join(served)})",
+                path="backend")
+        return name
 
     @property
     def database_path(self) -> str:

@@ -32,6 +32,13 @@ log = logging.getLogger("lipserve.job_runner")
 FRAME_STAGES = ("features", "generate_write", "finalize")
 
 
+def avatar_params(actors: PipelineActors, backend: str, box, args: LipserveArgs) -> AvatarParams:
+    """The avatar a job of ``backend`` needs: cut with that generator's declared geometry."""
+    geometry = actors.geometries[backend]
+    return AvatarParams(crop_size=geometry.crop_size, box=box, detector_model=args.detector_model,
+                        max_gap_s=args.max_face_gap_s, geometry=geometry)
+
+
 def drive_policy(args: LipserveArgs) -> DrivePolicy:
     j = args.jobs
     return DrivePolicy(max_inflight=j.max_inflight_segments, stuck_factor=j.stuck_factor, min_stuck_s=j.min_stuck_s,
@@ -78,7 +85,6 @@ class JobRunner:
         self.store = store
         self.storage = storage
         self.actors = actors
-        self.stages = RayStages(actors)
         self.owner = owner
         self.metrics = metrics
         self.active: dict[str, AttemptState] = {}  # this replica's running attempts, by job id
@@ -87,10 +93,11 @@ class JobRunner:
         """The oldest last-progress time of the running attempts; now when none runs."""
         return min((st.last_progress_at for st in self.active.values()), default=time.time())
 
-    async def _record_resources(self, job: JobRecord, state: AttemptState, frames: int) -> None:
-        """This attempt's resource use into its record and the metrics (best effort: never fails a job)."""
+    async def _record_resources(self, job: JobRecord, state: AttemptState, frames: int, generator) -> None:
+        """This attempt's resource use (of ``generator``, the job's backend's actor) into its record
+        and the metrics (best effort: never fails a job)."""
         try:
-            res = await self.actors.generator.resources.remote()
+            res = await generator.resources.remote()
             fps = {stage: frames / seconds for stage, seconds in state.timings.items()
                    if stage in FRAME_STAGES and seconds > 0 and frames}
             await self.store.record_resources(job.id, self.owner, {
@@ -145,7 +152,7 @@ class JobRunner:
         return (rec is not None and rec.status == JobStatus.SUCCEEDED and rec.result_path == result_path
                 and bool(rec.attempts) and rec.attempts[-1].owner == self.owner and rec.attempts[-1].error is None)
 
-    def _request(self, job: JobRecord) -> RenderRequest:
+    def _request(self, job: JobRecord, backend: str) -> RenderRequest:
         p = job.params
         result = str(self.storage.result_path(job.id))
         return RenderRequest(
@@ -153,7 +160,7 @@ class JobRunner:
             # Per attempt: a lapsed owner still finishing cannot clobber its successor's result.
             out_path=f"{result}.{self.owner.rsplit(':', 1)[-1]}-{len(job.attempts)}.partial.mp4",
             work_dir=str(self.storage.segments_dir(job.id)), mode="pingpong" if p.pingpong else "loop",
-            avatar=AvatarParams(crop_size=self.actors.crop_size, box=p.box, detector_model=self.args.detector_model),
+            avatar=avatar_params(self.actors, backend, p.box, self.args),
             segment_frames=self.args.writer.segment_frames, hls_dir=str(self.storage.hls_dir(job.id)))
 
     async def run(self, job: JobRecord) -> JobRecord:
@@ -162,12 +169,14 @@ class JobRunner:
         self._observe_claim(job)
         frames = 0
         heartbeat = asyncio.create_task(self._heartbeat(job.id, state))
-        driver = SegmentDriver(self.stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
         try:
+            # The job's backend picks its generator actor; everything else is shared.
+            stages = RayStages(self.actors, job.params.backend)
+            driver = SegmentDriver(stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
             t0 = time.perf_counter()
-            result = await driver.render(self._request(job))
+            result = await driver.render(self._request(job, stages.backend))
             frames = result.plan.n_out
-            await self._record_resources(job, state, frames)
+            await self._record_resources(job, state, frames, stages.generator)
             if self.metrics:
                 self.metrics.fps.set(result.plan.n_out / max(1e-6, time.perf_counter() - t0))
                 self.metrics.frames_generated(result.plan.n_out)

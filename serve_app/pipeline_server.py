@@ -1,7 +1,7 @@
 """The pipeline deployment: one replica runs jobs through the stages on its Ray actors.
 
-A plain class; ``serve_app/app.py`` turns it into a Serve deployment with ``deployment_options(args)``. Its constructor creates the ``GeneratorActor`` and the ``WriterActor`` pool and runs
-the warm-up job, so Serve sends it traffic only once it has rendered a real (tiny) video.
+A plain class; ``serve_app/app.py`` turns it into a Serve deployment with ``deployment_options(args)``. Its constructor creates a ``GeneratorActor`` per served backend and the ``WriterActor`` pool and
+runs the warm-up job of each backend, so Serve sends it traffic only once it has rendered a real (tiny) video.
 """
 
 from __future__ import annotations
@@ -104,17 +104,20 @@ class PipelineServer:
 
     async def actor_pids(self) -> dict:
         """For operators and the chaos tests: which processes this replica's actors run in."""
-        gen = await self.actors.generator.info.remote()
+        gens = await asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()])
         writers = await asyncio.gather(*[w.ping.remote() for w in self.actors.writers])
-        return {"replica_pid": os.getpid(), "generator": gen["pid"], "writers": list(writers),
-                "replica_actor": ray.get_runtime_context().get_actor_name(),
-                "node_id": self.node_id, "generator_node_id": gen["node_id"]}
+        generators = {name: info["pid"] for name, info in zip(self.actors.generators, gens)}
+        default = gens[list(self.actors.generators).index(self.actors.default_backend)]
+        return {"replica_pid": os.getpid(), "generator": default["pid"], "generators": generators,
+                "writers": list(writers), "replica_actor": ray.get_runtime_context().get_actor_name(),
+                "node_id": self.node_id, "generator_node_id": default["node_id"]}
 
     async def check_health(self) -> None:
         # Async, so it runs on the event loop without blocking behind jobs; actors must answer.
         try:
             await asyncio.wait_for(
-                asyncio.gather(self.actors.generator.info.remote(), *[w.ping.remote() for w in self.actors.writers]),
+                asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()],
+                               *[w.ping.remote() for w in self.actors.writers]),
                 timeout=self.args.pipeline.health_check_timeout_s * 0.8,
             )
         except ray.exceptions.ActorUnavailableError:
@@ -132,6 +135,8 @@ class PipelineServer:
             m.last_progress.set(self.runner.oldest_progress_at())
             usage = await asyncio.to_thread(shutil.disk_usage, self.storage.root)
             m.disk(str(self.storage.root), usage.free, usage.total)
-            m.generator(await asyncio.wait_for(self.actors.generator.resources.remote(), timeout=5.0))
+            for res in await asyncio.wait_for(
+                    asyncio.gather(*[g.resources.remote() for g in self.actors.generators.values()]), timeout=5.0):
+                m.generator(res)  # one GeneratorActor per served backend
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a health check
             log.warning("metrics sample failed: %s: %s", type(exc).__name__, exc)

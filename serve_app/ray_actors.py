@@ -1,7 +1,8 @@
 """The pipeline's Ray actors: thin wrappers that make the plain stages of ``actors/`` remote.
 
-``GeneratorActor`` owns the (GPU) generator; ``WriterActor`` decodes template frames, pastes the
-generated crops and encodes segments. Operators find them as ``ray::GeneratorActor`` /
+``GeneratorActor`` owns the (GPU) generator of one backend (a replica that serves several backends
+has one per backend); ``WriterActor`` decodes template frames, pastes the generated crops and
+encodes segments. Operators find them as ``ray::GeneratorActor`` /
 ``ray::WriterActor`` processes. Both are created by the pipeline replica, die with it (they are not
 detached: no leaked actors), and are restarted by Ray (``max_restarts``) with in-flight calls retried
 (``max_task_retries``) when their process dies. Every result carries the actor's pid so the job
@@ -19,7 +20,9 @@ import numpy as np
 import ray
 
 from actors.avatar import Avatar, AvatarCache, AvatarParams
-from actors.errors import OutOfMemoryError, as_lipserve_error
+from actors.avatar_latents import ensure_latents
+from actors.crop_geometry import CropGeometry
+from actors.errors import InvalidParameterError, OutOfMemoryError, as_lipserve_error
 from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
@@ -28,7 +31,7 @@ from actors.resources import generator_memory, gpu_stats
 from actors.segment_writer import NEVER, SegmentWriter
 from actors.stop_token import StopToken
 from serve_app.chaos import ChaosHooks, writer_stop
-from serve_app.config import LipserveArgs
+from serve_app.config import GeneratorSettings, LipserveArgs
 
 
 # Small control calls (health checks, pids) get a thread of their own so they never wait behind a
@@ -37,12 +40,14 @@ CONTROL_GROUPS = {"control": 1}
 
 
 class GeneratorActor:
-    """Loads the generator once; runs batched forward passes over face crops + mel windows."""
+    """Loads one backend's generator once; runs batched forward passes over face crops (or their
+    cached latents) + per-frame audio features."""
 
-    def __init__(self, backend: str, checkpoint: str | None, device: str, batch_size: int,
-                 chaos_dir: str | None = None, threads: int | None = None):
-        self.generator = make_generator(backend, checkpoint, device, batch_size, threads=threads)
-        self.device = device
+    def __init__(self, settings: GeneratorSettings, chaos_dir: str | None = None, threads: int | None = None):
+        g = settings
+        self.generator = make_generator(g.backend, g.checkpoint, g.device, g.batch_size, g.precision,
+                                        threads=threads)
+        self.device = g.device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
@@ -50,7 +55,7 @@ class GeneratorActor:
     def info(self) -> dict:
         # Its own concurrency group: answers health checks while a long forward pass runs.
         return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "geometry": self.generator.crop_geometry, "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group="control")
     def resources(self) -> dict:
@@ -59,6 +64,14 @@ class GeneratorActor:
         return {"actor": f"GeneratorActor:{self.pid}", "memory_bytes": memory, "memory_kind": kind,
                 "gpus": gpu_stats([str(g) for g in ray.get_gpu_ids()])}
 
+    def prepare_latents(self, avatar: Avatar) -> str | None:
+        """The avatar's cached per-frame latents for this model (encoded here, once per template,
+        when missing), or None when the backend has no latent path."""
+        try:
+            return ensure_latents(self.generator, avatar)
+        except Exception as exc:  # typed and never empty when it crosses the process boundary
+            raise as_lipserve_error(exc, stage="latents") from exc
+
     def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         """The backend's per-frame audio features for the whole track (e.g. whisper on the GPU)."""
         try:
@@ -66,7 +79,8 @@ class GeneratorActor:
         except Exception as exc:  # typed and never empty when it crosses the process boundary
             raise as_lipserve_error(exc, stage="features") from exc
 
-    def generate(self, faces: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, int]:
+    def generate(self, faces: np.ndarray, features: np.ndarray, from_latents: bool = False) -> tuple[np.ndarray, int]:
+        """``faces``: crops, or (``from_latents``) the avatar's cached latents of the same frames."""
         if self.chaos.take("generator_oom"):
             raise OutOfMemoryError("injected out-of-memory in GeneratorActor.generate", stage="generate")
         hang = self.chaos.take("generator_hang")
@@ -76,6 +90,8 @@ class GeneratorActor:
         if len(faces) == 0:
             return faces, self.pid
         try:
+            if from_latents:
+                return self.generator.generate_from_latents(faces, features), self.pid
             return self.generator.generate(faces, features), self.pid
         except Exception as exc:  # typed and never empty when it crosses the process boundary
             raise as_lipserve_error(exc, stage="generate") from exc
@@ -125,16 +141,16 @@ class WriterActor:
         return out_path
 
 
-def generator_threads(args: LipserveArgs) -> int:
-    """Forward-pass threads of the generator actor: ``generator.threads``, else its ``num_cpus``
-    rounded (at least 1). Ray does not pin CPUs, so without this onnxruntime / torch would start one
-    thread per core of the node and compete with the writers for them."""
-    g = args.generator
+def generator_threads(args: LipserveArgs, g: GeneratorSettings | None = None) -> int:
+    """Forward-pass threads of a generator actor: its ``threads``, else its ``num_cpus`` rounded
+    (at least 1). Ray does not pin CPUs, so without this onnxruntime / torch would start one thread
+    per core of the node and compete with the writers for them."""
+    g = g or args.generator
     return int(g.threads) if g.threads else max(1, int(round(g.num_cpus)))
 
 
-def generator_actor_options(args: LipserveArgs) -> dict:
-    g, f = args.generator, args.actor_faults
+def generator_actor_options(args: LipserveArgs, g: GeneratorSettings | None = None) -> dict:
+    g, f = g or args.generator, args.actor_faults
     return {"num_cpus": g.num_cpus, "num_gpus": g.num_gpus, "max_restarts": f.max_restarts,
             "max_task_retries": f.max_task_retries}
 
@@ -146,22 +162,40 @@ def writer_actor_options(args: LipserveArgs) -> dict:
 
 @dataclass
 class PipelineActors:
-    generator: "ray.actor.ActorHandle"
+    """A replica's actors: one generator per served backend (the default first) and the writers."""
+
+    generators: dict[str, "ray.actor.ActorHandle"]
+    geometries: dict[str, CropGeometry]
     writers: list
-    crop_size: int
+
+    @property
+    def default_backend(self) -> str:
+        return next(iter(self.generators))
+
+    def backend(self, name: str | None) -> str:
+        """The served backend a job names (None: the default); a typed error for any other."""
+        name = self.default_backend if not name else ("default" if name == "mouth_warp" else name)
+        if name not in self.generators:
+            raise InvalidParameterError(f"backend {name!r} is not served by this deployment "
+                                        f"(it serves {', '.join(self.generators)})")
+        return name
 
 
 def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
-    """One generator actor and the writer pool of a pipeline replica; they die with it."""
-    g, w = args.generator, args.writer
-    generator = ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
-        **generator_actor_options(args)).remote(g.backend, g.checkpoint, g.device, g.batch_size, args.chaos_dir,
-                                        generator_threads(args))
+    """One generator actor per served backend and the writer pool of a pipeline replica; they die
+    with it."""
+    w = args.writer
+    generators = {
+        name: ray.remote(concurrency_groups=CONTROL_GROUPS)(GeneratorActor).options(
+            **generator_actor_options(args, g)).remote(g, args.chaos_dir, generator_threads(args, g))
+        for name, g in args.served_generators().items()
+    }
     codec = pick_video_codec(w.prefer_nvenc)
     writers = [
         ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(**writer_actor_options(args)).remote(
             avatar_cache_dir, codec, w.crf, args.media_limits(), args.chaos_dir)
         for _ in range(max(1, w.pool_size))
     ]
-    info = ray.get(generator.info.remote())
-    return PipelineActors(generator=generator, writers=writers, crop_size=info["crop_size"])
+    infos = ray.get([g.info.remote() for g in generators.values()])
+    return PipelineActors(generators=generators, writers=writers,
+                          geometries={name: info["geometry"] for name, info in zip(generators, infos)})

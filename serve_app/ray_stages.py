@@ -23,7 +23,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from actors.avatar import Avatar, AvatarParams
-from actors.driver import InFlight, SegmentDone
+from actors.driver import FaceSource, InFlight, SegmentDone
 from actors.errors import LipserveError, WorkerLostError, as_lipserve_error
 from actors.plan import RenderPlan, Segment
 from actors.stop_token import StopToken
@@ -42,8 +42,14 @@ def unwrap_ray_error(exc: BaseException, stage: str) -> LipserveError:
 
 
 class RayStages:
-    def __init__(self, actors: PipelineActors):
+    """The stages of one backend's jobs: its generator actor (``backend``, None = the default) and
+    the replica's shared writer pool."""
+
+    def __init__(self, actors: PipelineActors, backend: str | None = None):
         self.actors = actors
+        self.backend = actors.backend(backend)
+        self.generator = actors.generators[self.backend]
+        self.generator_name = "GeneratorActor" if len(actors.generators) == 1 else f"GeneratorActor[{self.backend}]"
         self._turn = itertools.count(1)  # round-robin over the writer pool
 
     def _writer_index(self) -> int:
@@ -62,20 +68,24 @@ class RayStages:
     def prepare_avatar(self, video_path: str, params: AvatarParams, stop: StopToken | None = None):
         return self._writer().prepare_avatar.remote(video_path, params, stop)
 
-    def prepare_features(self, samples, fps: Fraction, n_frames: int):
-        return self.actors.generator.prepare_audio.remote(samples[1], fps, n_frames)
+    def prepare_latents(self, avatar: Avatar):
+        return self.generator.prepare_latents.remote(avatar)
 
-    def submit_segment(self, plan: RenderPlan, seg: Segment, crops: np.ndarray, features: np.ndarray,
+    def prepare_features(self, samples, fps: Fraction, n_frames: int):
+        return self.generator.prepare_audio.remote(samples[1], fps, n_frames)
+
+    def submit_segment(self, plan: RenderPlan, seg: Segment, source: FaceSource, features: np.ndarray,
                        avatar: Avatar, path: str, stop: StopToken | None = None):
-        faces, feats = plan.generator_inputs(seg, crops, features)
-        generated = self.actors.generator.generate.remote(faces, feats)
+        faces, feats = plan.generator_inputs(seg, source.rows, features)
+        generated = self.generator.generate.remote(faces, feats, source.latents)
         w = self._writer_index()
         ref = self.actors.writers[w].write_segment.remote(
             avatar, plan.segment_sources(seg), plan.face_present[seg.start:seg.stop], generated, path, stop)
 
         async def done() -> SegmentDone:
             n, writer_pid, generator_pid = await ref
-            return SegmentDone(frames=n, workers={"GeneratorActor": generator_pid, f"WriterActor[{w}]": writer_pid})
+            return SegmentDone(frames=n, workers={self.generator_name: generator_pid,
+                                                  f"WriterActor[{w}]": writer_pid})
 
         return done(), InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=w, generated=generated)
 
@@ -84,9 +94,9 @@ class RayStages:
         return self._writer().finalize.remote(paths, audio_path, out_path, fps, stop)
 
     async def workers(self) -> dict[str, int]:
-        info, *wpids = await asyncio.gather(self.actors.generator.info.remote(),
+        info, *wpids = await asyncio.gather(self.generator.info.remote(),
                                             *[w.ping.remote() for w in self.actors.writers])
-        pids = {"GeneratorActor": info["pid"]}
+        pids = {self.generator_name: info["pid"]}
         pids.update({f"WriterActor[{i}]": pid for i, pid in enumerate(wpids)})
         return pids
 
@@ -97,8 +107,8 @@ class RayStages:
         generated = [p.generated for p in pending if p.generated is not None]
         _, not_ready = ray.wait(generated, num_returns=len(generated), timeout=0, fetch_local=False)
         if not_ready:
-            ray.kill(self.actors.generator, no_restart=False)
-            return "GeneratorActor"
+            ray.kill(self.generator, no_restart=False)
+            return self.generator_name
         stuck = sorted({p.writer for p in pending})
         for w in stuck:
             ray.kill(self.actors.writers[w], no_restart=False)

@@ -62,7 +62,16 @@ def _synthetic_speech(path: Path, seconds: float = 0.6, sr: int = 16000) -> None
 
 def run_warmup(actors: PipelineActors, work_root: str | Path, timeout_s: float = 300.0) -> dict:
     """Push a tiny job through every stage with the segment driver (the same path as a real job:
-    audio, avatar, features, generate, write, finalize) and verify the MP4.
+    audio, avatar, latents, features, generate, write, finalize) for every served backend, and
+    verify each MP4. Returns the total seconds and, per backend, its seconds and frames."""
+    t0 = time.perf_counter()
+    per_backend = {name: _warm_one(actors, name, work_root, timeout_s) for name in actors.generators}
+    return {"seconds": time.perf_counter() - t0, "frames": sum(b["frames"] for b in per_backend.values()),
+            "backends": per_backend}
+
+
+def _warm_one(actors: PipelineActors, backend: str, work_root: str | Path, timeout_s: float) -> dict:
+    """One backend's warm-up job.
 
     ``work_root`` must be storage every actor can read (the shared ``storage_dir`` on a cluster):
     the writers may run on other nodes than this replica. Runs on a private event loop: the
@@ -70,22 +79,26 @@ def run_warmup(actors: PipelineActors, work_root: str | Path, timeout_s: float =
     """
     t0 = time.perf_counter()
     Path(work_root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="warmup-", dir=work_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"warmup-{backend}-", dir=work_root))
     try:
         video, audio, out = tmp / "template.mp4", tmp / "speech.wav", tmp / "out.mp4"
         box = _synthetic_template(video)
         _synthetic_speech(audio)
         # Small segments so that every writer gets at least one.
+        geometry = actors.geometries[backend]
         request = RenderRequest(audio_path=str(audio), video_path=str(video), out_path=str(out),
-                                work_dir=str(tmp / "segments"), avatar=AvatarParams(crop_size=actors.crop_size, box=box),
+                                work_dir=str(tmp / "segments"),
+                                avatar=AvatarParams(crop_size=geometry.crop_size, box=box, geometry=geometry),
                                 segment_frames=max(1, 15 // max(1, len(actors.writers))))
-        driver = SegmentDriver(RayStages(actors), DrivePolicy(prepare_timeout_s=timeout_s, min_stuck_s=timeout_s))
+        driver = SegmentDriver(RayStages(actors, backend),
+                               DrivePolicy(prepare_timeout_s=timeout_s, min_stuck_s=timeout_s))
         with ThreadPoolExecutor(1, thread_name_prefix="lipserve-warmup") as loop_thread:
             result = loop_thread.submit(asyncio.run, driver.render(request)).result(timeout=4 * timeout_s)
         with av.open(str(out)) as c:
             frames = sum(1 for _ in c.decode(video=0))
         if frames != result.plan.n_out:
-            raise InternalError(f"warm-up produced {frames} frames, expected {result.plan.n_out}", stage="warmup")
+            raise InternalError(f"warm-up of backend {backend!r} produced {frames} frames, expected "
+                                f"{result.plan.n_out}", stage="warmup")
         return {"seconds": time.perf_counter() - t0, "frames": frames}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 Every detector takes a BGR ``uint8`` frame (``H x W x 3``; a 2-D grayscale frame is accepted too)
 and returns ``float32[K, 5]`` rows ``(x1, y1, x2, y2, score)`` in that frame's pixel coordinates,
-sorted by score, highest first. ``K`` may be 0 (shape ``(0, 5)``).
+sorted by score, highest first. ``K`` may be 0 (shape ``(0, 5)``). A detector with facial points
+also has ``detect_with_landmarks(frame) -> (rows, float32[K, 5, 2] | None)`` (YuNet: eyes, nose
+tip, mouth corners); the tracker then follows the points with the boxes.
 
 * :class:`HaarFaceDetector` - OpenCV's bundled ``haarcascade_frontalface_default.xml`` (ships inside
   opencv-python, nothing is downloaded). Good enough for frontal talking-head templates.
@@ -87,11 +89,12 @@ def _to_gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
-def _finish(rows: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
-    """Clip to the frame, drop empty boxes, sort by score (stable) and return float32[K, 5]."""
-    rows = np.asarray(rows, np.float32).reshape(-1, 5)
+def _finish(rows: np.ndarray, frame_w: int, frame_h: int, cols: int = 5) -> np.ndarray:
+    """Clip to the frame, drop empty boxes, sort by score (stable) and return float32[K, cols]
+    (columns past the fifth, e.g. landmarks, are carried along unchanged)."""
+    rows = np.asarray(rows, np.float32).reshape(-1, cols)
     if len(rows) == 0:
-        return _empty()
+        return np.zeros((0, cols), np.float32)
     rows = rows[np.all(np.isfinite(rows), axis=1)]
     rows[:, [0, 2]] = np.clip(rows[:, [0, 2]], 0, frame_w)
     rows[:, [1, 3]] = np.clip(rows[:, [1, 3]], 0, frame_h)
@@ -315,6 +318,15 @@ class OnnxFaceDetector:
 
     # -- inference ---------------------------------------------------------------------------
 
+    def detect_with_landmarks(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(rows float32[K,5], landmarks float32[K,5,2] | None)``: YuNet's five points per face
+        (right eye, left eye, nose tip, right and left mouth corner, in frame pixels); None for a
+        model without landmarks."""
+        if self.backend != "yunet":
+            return self.detect(frame_bgr), None
+        rows = self._detect_yunet(self._load(), _to_bgr(_check_frame(frame_bgr)), with_landmarks=True)
+        return np.ascontiguousarray(rows[:, :5]), np.ascontiguousarray(rows[:, 5:].reshape(-1, 5, 2))
+
     def detect(self, frame_bgr: np.ndarray) -> np.ndarray:
         frame = _to_bgr(_check_frame(frame_bgr))
         sess = self._load()
@@ -343,7 +355,9 @@ class OnnxFaceDetector:
             rows[:, [1, 3]] *= h / net_h
         return _finish(rows, w, h)
 
-    def _detect_yunet(self, det, frame: np.ndarray) -> np.ndarray:
+    def _detect_yunet(self, det, frame: np.ndarray, with_landmarks: bool = False) -> np.ndarray:
+        """YuNet's faces as rows ``(x1, y1, x2, y2, score)``, plus its ten landmark coordinates
+        when ``with_landmarks`` (cv2's row: x, y, w, h, 5 x (x, y), score)."""
         h, w = frame.shape[:2]
         scale = min(1.0, self.yunet_max_side / max(h, w))
         img = frame
@@ -356,17 +370,20 @@ class OnnxFaceDetector:
         except cv2.error as exc:
             raise ModelLoadError(f"YuNet model failed to run: {exc}".strip(), path=self.model_path,
                                  stage="face") from None
+        cols = 15 if with_landmarks else 5
         if faces is None or len(faces) == 0:
-            return _empty()
+            return np.zeros((0, cols), np.float32)
         faces = np.asarray(faces, np.float32).reshape(len(faces), -1)
-        rows = np.empty((len(faces), 5), np.float32)
+        rows = np.empty((len(faces), cols), np.float32)
         rows[:, 0] = faces[:, 0]
         rows[:, 1] = faces[:, 1]
         rows[:, 2] = faces[:, 0] + faces[:, 2]
         rows[:, 3] = faces[:, 1] + faces[:, 3]
         rows[:, :4] /= scale
         rows[:, 4] = faces[:, -1]
-        return _finish(rows, w, h)
+        if with_landmarks:
+            rows[:, 5:] = faces[:, 4:14] / scale
+        return _finish(rows, w, h, cols)
 
     def __repr__(self) -> str:
         return f"OnnxFaceDetector({self.model_path!r}, backend={self.backend!r})"

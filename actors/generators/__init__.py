@@ -4,18 +4,31 @@ from __future__ import annotations
 
 from actors.errors import InvalidParameterError
 
-BACKENDS = ("default", "mouth_warp", "wav2lip")
+BACKENDS = ("default", "mouth_warp", "wav2lip", "musetalk")
+PRECISIONS = ("auto", "fp32", "fp16")
+
+
+def canonical_backend(backend: str) -> str:
+    """``mouth_warp`` is another name of ``default``."""
+    return "default" if backend == "mouth_warp" else backend
 
 
 def make_generator(backend: str = "default", checkpoint: str | None = None, device: str = "cpu",
-                   batch_size: int = 32, threads: int | None = None):
+                   batch_size: int = 32, precision: str = "auto", threads: int | None = None):
     """Build the generator named by ``backend``.
 
     ``default`` is the weight-free mouth warp, so a fresh machine renders without any download.
     ``wav2lip`` loads a user-supplied checkpoint (.pth/.pt in torch, .onnx in onnxruntime).
+    ``musetalk`` loads a MuseTalk 1.5 models directory in the public layout (``musetalkV15/``,
+    ``sd-vae/``, ``whisper/``; see ``actors/models/musetalk/files.py``) as ``checkpoint``.
+    ``precision``: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32`` or ``fp16``; MuseTalk only.
     ``threads``: CPU threads the forward pass may use (None: the runtime's default, every core);
     the service sizes it to the generator actor's ``num_cpus``.
     """
+    if precision not in PRECISIONS:
+        raise InvalidParameterError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto" and backend != "musetalk":
+        raise InvalidParameterError(f"precision {precision!r} is only configurable for backend 'musetalk'")
     if backend in ("default", "mouth_warp"):
         from actors.generators.mouth_warp import MouthWarpGenerator
 
@@ -26,4 +39,12 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
         from actors.generators.wav2lip import Wav2LipGenerator
 
         return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size, threads=threads)
+    if backend == "musetalk":
+        if not checkpoint:
+            raise InvalidParameterError("backend 'musetalk' needs its models directory (--checkpoint DIR with "
+                                        "musetalkV15/, sd-vae/ and whisper/)")
+        from actors.generators.musetalk import MuseTalkGenerator
+
+        return MuseTalkGenerator(checkpoint, device=device, batch_size=batch_size,
+                                 dtype=None if precision == "auto" else precision, threads=threads)
     raise InvalidParameterError(f"unknown generator backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import cv2
 
+from actors.crop_geometry import PaddedBoxGeometry
 from actors.errors import InvalidParameterError
 from actors.generators.mel import hz_to_mel_slaney, mel_features, mel_to_hz_slaney
 
@@ -128,6 +129,7 @@ class MouthWarpGenerator:
         if crop_size < 32:
             raise InvalidParameterError(f"mouth_warp: crop_size must be >= 32, got {crop_size}", stage="generate")
         self.crop_size = crop_size
+        self.crop_geometry = PaddedBoxGeometry(crop_size)
 
     # ------------------------------------------------------------------ public API
     def prepare_audio(self, samples_16k: np.ndarray, fps, n_frames: int) -> np.ndarray:

@@ -11,15 +11,19 @@ The crop geometry the avatar code must use is in :mod:`actors.generators.musetal
 
 from __future__ import annotations
 
+import hashlib
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from actors.crop_geometry import MuseTalkGeometry
 from actors.errors import InvalidParameterError
 from actors.generators.musetalk_crop import CROP_SIZE
 from actors.models.musetalk.audio_windows import frame_windows
+from actors.models.musetalk import files
 from actors.models.musetalk.loader import load_musetalk
 from actors.models.musetalk.vae import crops_to_vae_input, decode_to_crops, encode_mean
 
@@ -30,21 +34,33 @@ class MuseTalkGenerator:
     """MuseTalk 1.5 over a models directory in the public layout (see ``actors.models.musetalk.files``).
 
     ``device``: "cpu", "cuda[:N]" or "auto"; ``dtype``: None (fp16 on CUDA, fp32 on CPU), "fp32",
-    "fp16" or a torch dtype. Runs in chunks of ``batch_size`` frames. The constructor raises
+    "fp16" or a torch dtype; ``threads``: torch CPU threads (None: every core). Runs in chunks of
+    ``batch_size`` frames. The constructor raises
     ``ModelLoadError`` naming the bad file; wrongly shaped inputs raise ``InvalidParameterError``.
     """
 
     name = "musetalk"
     crop_size = CROP_SIZE
+    crop_geometry = MuseTalkGeometry()
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", batch_size: int = 8,
-                 dtype: str | torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None, threads: int | None = None):
         if int(batch_size) < 1:
             raise InvalidParameterError(f"musetalk batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.models = load_musetalk(models_dir, device=device, dtype=dtype)
         self.device = self.models.device
         self.dtype = self.models.dtype
+        if threads and self.device == "cpu":
+            torch.set_num_threads(int(threads))  # per process: the generator owns its actor's CPUs
+        self.latent_key = _latent_key(models_dir, self.dtype)
+        if (Path(models_dir) / files.FACE_PARSING_WEIGHTS).is_file():
+            # BiSeNet parsing masks for the blend (jaw mode); loaded once here so a bad file fails
+            # now, with its name, rather than in the first avatar build.
+            from actors.models.bisenet import load_bisenet
+
+            load_bisenet(models_dir)
+            self.crop_geometry = MuseTalkGeometry(parsing_dir=str(Path(models_dir).resolve()))
         self.feature_shape = tuple(self.models.position_encoding.shape)  # (50, d_model)
         self._timestep = torch.zeros(1, dtype=torch.long, device=self.device)
 
@@ -118,3 +134,16 @@ class MuseTalkGenerator:
 
     def __repr__(self) -> str:
         return f"MuseTalkGenerator(device={self.device!r}, dtype={str(self.dtype).replace('torch.', '')!r})"
+
+
+def _latent_key(models_dir: str | os.PathLike, dtype: torch.dtype) -> str:
+    """Names the reference latents this VAE makes: cached latents are reused only by the same VAE
+    weights (size + mtime + config content) at the same precision."""
+    h = hashlib.sha256()
+    for rel in (files.VAE_CONFIG, files.VAE_WEIGHTS):
+        path = files.resolve(models_dir, rel)
+        st = path.stat()
+        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    h.update(files.resolve(models_dir, files.VAE_CONFIG).read_bytes())
+    h.update(str(dtype).encode())
+    return h.hexdigest()[:16]

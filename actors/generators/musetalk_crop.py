@@ -12,9 +12,13 @@ before blending. The box comes from 68 face landmarks:
 
 A degenerate landmark box (or ``x1 < 0``) falls back to the detector's box.
 
-lipserve's default detectors give boxes, not landmarks, so :func:`crop_box_from_face_box` is an
-**approximation**: it assumes the detector box spans the landmarks' extent (brows to chin, jaw
-side to jaw side) and places landmark 29 at ``NOSE_MID_FRACTION`` of the box height, the value
+With a detector's five points (YuNet: eyes, nose tip, mouth corners) :func:`crop_box_from_five_points`
+anchors on the nose: the 68-point layout spaces landmarks 27-30 evenly down the nose bridge, from
+the eye line (27) to the tip (30), so landmark 29 sits 2/3 of the way from the eyes' mean height to
+the nose tip; the box's sides and chin still come from the detector box.
+
+With boxes only, :func:`crop_box_from_face_box` is an **approximation**: it assumes the detector
+box spans the landmarks' extent (brows to chin, jaw side to jaw side) and places landmark 29 at ``NOSE_MID_FRACTION`` of the box height, the value
 of the common normalised 68-point mean face. It has not been calibrated against landmark boxes
 on real templates; a detector whose boxes include the forehead should lower the fraction.
 """
@@ -71,6 +75,24 @@ def crop_box_from_face_box(box: Sequence[float], frame_h: int, nose_mid_fraction
     if not all(np.isfinite([x1, y1, x2, y2])) or x2 <= x1 or y2 <= y1:
         raise InvalidParameterError(f"MuseTalk crop got an empty or non-finite face box {box!r}")
     y_c = y1 + float(nose_mid_fraction) * (y2 - y1)
+    return _finish(max(0.0, x1), y_c - (y2 - y_c), x2, y2, frame_h, extra_margin)
+
+
+def crop_box_from_five_points(box: Sequence[float], points: np.ndarray, frame_h: int,
+                              bbox_shift: int = BBOX_SHIFT, extra_margin: int = EXTRA_MARGIN) -> tuple[int, int, int, int]:
+    """The crop box from a detector box and its five points (right eye, left eye, nose tip, right
+    and left mouth corner), anchored on landmark 29's estimate (see the module docstring)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape != (5, 2) or not np.isfinite(pts).all():
+        raise InvalidParameterError(f"MuseTalk crop needs 5 finite (x, y) points, got shape {pts.shape}")
+    try:
+        x1, _, x2, y2 = (float(v) for v in list(box)[:4])
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"MuseTalk crop needs a face box (x1, y1, x2, y2), got {box!r}") from None
+    eyes_y, nose_y = float(pts[:2, 1].mean()), float(pts[2, 1])
+    if not (np.isfinite([x1, x2, y2]).all() and x2 > x1 and eyes_y < nose_y < y2):
+        raise InvalidParameterError(f"MuseTalk crop got face points that do not fit the box {box!r}")
+    y_c = eyes_y + (nose_y - eyes_y) * 2.0 / 3.0 + int(bbox_shift)
     return _finish(max(0.0, x1), y_c - (y2 - y_c), x2, y2, frame_h, extra_margin)
 
 

@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from actors.crop_geometry import PaddedBoxGeometry
 from actors.errors import InvalidParameterError
 from actors.generators.mel import mel_features
 from actors.models.wav2lip_runtime import load_wav2lip
@@ -46,6 +47,7 @@ class Wav2LipGenerator:
 
     name = "wav2lip"
     crop_size = CROP_SIZE
+    crop_geometry = PaddedBoxGeometry(CROP_SIZE)
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
                  threads: int | None = None):

@@ -11,6 +11,7 @@ from serve_app.api.body_limit import BodyLimitMiddleware
 from serve_app.api.duix.routes import router as duix_router
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.routes.avatars import router as avatars_router
+from serve_app.api.routes.backends import router as backends_router
 from serve_app.api.routes.health import router as health_router
 from serve_app.api.routes.hls import QUERY_TOKEN_PATHS, router as hls_router
 from serve_app.api.routes.jobs import router as jobs_router
@@ -53,6 +54,7 @@ def build_api(get_services: Callable[[], ApiServices]) -> FastAPI:
     api.include_router(jobs_router)
     api.include_router(hls_router)
     api.include_router(avatars_router)
+    api.include_router(backends_router)
     api.include_router(health_router)
     api.include_router(duix_router)
     mount_studio(api)  # the web studio at / (static files, no build step)

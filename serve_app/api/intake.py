@@ -120,12 +120,9 @@ class JobIntake:
 
     # -- 3. validate ------------------------------------------------------------------------
     def served_backend(self, backend: str | None) -> str:
-        configured = self.args.generator.backend
-        aliases = {"default", "mouth_warp"} if configured in ("default", "mouth_warp") else {configured}
-        if backend and backend not in aliases:
-            raise InvalidParameterError(
-                f"backend {backend!r} is not served by this deployment (it serves {configured!r})")
-        return configured
+        """The served backend a submission names (``mouth_warp`` = ``default``); none named: the
+        deployment's default (the first of ``generators``)."""
+        return self.args.resolve_backend(backend)
 
     def _check_media(self, audio: Input, video: Input, backend: str) -> None:
         limits = self.args.media_limits()

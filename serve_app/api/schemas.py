@@ -104,6 +104,13 @@ class AvatarList(BaseModel):
     avatars: list[AvatarView]
 
 
+class BackendList(BaseModel):
+    """The generator backends this deployment serves (what a job's ``backend`` may name)."""
+
+    backends: list[str] = Field(description="served backends, the default first")
+    default: str = Field(description="the backend of jobs that name none")
+
+
 class Health(BaseModel):
     status: str
 

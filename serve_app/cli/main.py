@@ -40,6 +40,8 @@ def _cmd_render(args) -> int:
         mode="loop" if args.loop else "pingpong",
         box=tuple(args.box) if args.box else None,
         detector_model=args.detector,
+        max_gap_s=args.max_face_gap,
+        precision=args.precision,
         segment_frames=args.segment_frames,
         prefer_nvenc=args.nvenc,
         batch_size=args.batch_size,
@@ -92,8 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--audio", required=True, help="speech audio (wav, mp3, m4a, ogg, flac, or a video's audio track)")
     r.add_argument("--video", required=True, help="template video of the presenter")
     r.add_argument("--out", required=True, help="output .mp4")
-    r.add_argument("--backend", default="default", help="default (weight-free) or wav2lip")
-    r.add_argument("--checkpoint", help="generator weights (.pth/.pt or .onnx) for --backend wav2lip")
+    r.add_argument("--backend", default="default", choices=["default", "mouth_warp", "wav2lip", "musetalk"],
+                   help="default (weight-free), wav2lip or musetalk")
+    r.add_argument("--checkpoint", help="generator weights: wav2lip .pth/.pt/.onnx, or the MuseTalk models "
+                                        "directory (musetalkV15/, sd-vae/, whisper/)")
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+                   help="MuseTalk: auto = fp16 on CUDA, fp32 on CPU")
+    r.add_argument("--max-face-gap", type=float, default=1.0, metavar="SECONDS",
+                   help="frames where the face detector misses the face for at most this long get "
+                        "interpolated / held boxes (default 1 s); longer gaps pass through")
     r.add_argument("--box", type=int, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), help="face box override")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--loop", action="store_true", help="loop the template when the audio is longer")

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu.yaml"
 DUIX = ROOT / "configs" / "duix.yaml"
+GPU_MUSETALK = ROOT / "configs" / "gpu-musetalk.yaml"
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
 STORAGE = ROOT / "k8s" / "storage.yaml"
 POSTGRES = ROOT / "k8s" / "postgres.yaml"
@@ -49,6 +50,7 @@ SERVE_CONFIGS = {
     "configs/local.yaml": lambda: _load(LOCAL),
     "configs/gpu.yaml": lambda: _load(GPU),
     "configs/duix.yaml": lambda: _load(DUIX),
+    "configs/gpu-musetalk.yaml": lambda: _load(GPU_MUSETALK),
     "k8s/rayservice.yaml:serveConfigV2": _serve_config_v2,
 }
 
@@ -145,6 +147,36 @@ def test_rayservice_serves_the_gpu_application():
     assert k8s["http_options"]["port"] == 8000
     # Job state in PostgreSQL; the URL (with its password) comes from the environment, never the config.
     assert args.job_store == "postgres" and args.database_url is None
+
+
+def test_gpu_musetalk_serves_musetalk_first_in_fp16_and_the_default():
+    args = LipserveArgs.model_validate(_load(GPU_MUSETALK)["applications"][0]["args"])
+    served = args.served_generators()
+    assert list(served) == ["musetalk", "default"] and args.default_backend == "musetalk"
+    m = served["musetalk"]
+    assert (m.device, m.precision) == ("cuda", "fp16")
+    assert m.checkpoint and not m.checkpoint.endswith((".pth", ".onnx"))  # the models directory
+    assert 0 < m.num_gpus <= 0.5 and served["default"].num_gpus == 0
+    assert args.max_face_gap_s == 1.0
+
+
+def test_generators_list_is_validated():
+    two = {"generators": [{"backend": "default"}, {"backend": "musetalk", "checkpoint": "/m"}]}
+    args = LipserveArgs.model_validate(two)
+    assert list(args.served_generators()) == ["default", "musetalk"]
+    assert args.resolve_backend(None) == "default" and args.resolve_backend("mouth_warp") == "default"
+    assert args.resolve_backend("musetalk") == "musetalk"
+    assert LipserveArgs.model_validate(args.model_dump()) == args  # what the replicas receive
+    with pytest.raises(Exception, match="not served"):
+        args.resolve_backend("wav2lip")
+    with pytest.raises(ValueError, match="more than once"):
+        LipserveArgs.model_validate({"generators": [{"backend": "default"}, {"backend": "mouth_warp"}]})
+    with pytest.raises(ValueError, match="either"):
+        LipserveArgs.model_validate({**two, "generator": {"backend": "wav2lip", "checkpoint": "/w.onnx"}})
+    with pytest.raises(ValueError):
+        LipserveArgs.model_validate({"generators": []})
+    single = LipserveArgs.model_validate({"generator": {"backend": "musetalk", "checkpoint": "/m"}})
+    assert list(single.served_generators()) == ["musetalk"] and single.resolve_backend("") == "musetalk"
 
 
 # ---------------------------------------------------------------------------- (b) manifest

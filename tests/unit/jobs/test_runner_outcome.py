@@ -16,7 +16,7 @@ from serve_app.ray_actors import PipelineActors
 
 def _runner(store, tmp_path, owner: str) -> JobRunner:
     args = LipserveArgs(storage_dir=str(tmp_path / "storage"))
-    actors = PipelineActors(generator=None, writers=[], crop_size=96)  # no render in these tests
+    actors = PipelineActors(generators={}, geometries={}, writers=[])  # no render in these tests
     return JobRunner(args, AsyncJobStore(store), Storage(args.storage_dir), actors, owner)
 
 
