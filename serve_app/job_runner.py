@@ -168,15 +168,17 @@ class JobRunner:
         self.active[job.id] = state
         self._observe_claim(job)
         frames = 0
+        generator = None  # the job's backend's generator actor, once known
         heartbeat = asyncio.create_task(self._heartbeat(job.id, state))
         try:
             # The job's backend picks its generator actor; everything else is shared.
             stages = RayStages(self.actors, job.params.backend)
+            generator = stages.generator
             driver = SegmentDriver(stages, drive_policy(self.args), _StoreEvents(self, job.id, state), state.cancelled)
             t0 = time.perf_counter()
             result = await driver.render(self._request(job, stages.backend))
             frames = result.plan.n_out
-            await self._record_resources(job, state, frames, stages.generator)
+            await self._record_resources(job, state, frames, generator)
             if self.metrics:
                 self.metrics.fps.set(result.plan.n_out / max(1e-6, time.perf_counter() - t0))
                 self.metrics.frames_generated(result.plan.n_out)
@@ -205,7 +207,8 @@ class JobRunner:
                     self.metrics.job_finished("cancelled", "cancelled")
             else:
                 log.warning("job %s attempt failed: [%s] %s", job.id, error.code.value, error.message)
-                await self._record_resources(job, state, frames)
+                if generator is not None:
+                    await self._record_resources(job, state, frames, generator)
                 rec = await self.store.fail_attempt(job.id, self.owner, error.to_dict(), self.args.jobs.max_attempts,
                                                     self.args.jobs.retry_backoff_s)
                 if rec is not None and rec.status == JobStatus.FAILED:

@@ -40,7 +40,8 @@ QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 _ACCESS_TOKEN = Query(None, description="The API key, for players that cannot send an Authorization header")
 
 
-@router.get("/{job_id}/hls/index.m3u8", response_class=PlaylistResponse, responses=responses(401, 404, 409),
+@router.get("/{job_id}/hls/index.m3u8", response_class=FileResponse,
+            responses={**responses(401, 404, 409), 200: {"content": {hls.MIME_PLAYLIST: {}}, "description": "The playlist"}},
             summary="Live HLS playlist (EVENT, fMP4 segments); 409 result_not_ready until the first segment")
 async def playlist(job_id: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
                    svc: ApiServices = Depends(services)):
