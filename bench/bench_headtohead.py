@@ -55,7 +55,7 @@ def _child_ours(a) -> int:
                       process_seconds=time.perf_counter() - t_proc, out_bytes=os.path.getsize(a.out),
                       cpu_seconds=_cpu_self())
     if a.what in ("gen", "both"):
-        avatar = renderer.cache.get_or_build(a.template, avatar_params_for(opts, renderer.generator.crop_size))
+        avatar = renderer.cache.get_or_build(a.template, avatar_params_for(opts, renderer.generator.crop_geometry))
         gen = renderer.generator
         n = avatar.n_frames
         feats = gen.prepare_audio(decode_audio(a.audio), avatar.info.fps, n)
