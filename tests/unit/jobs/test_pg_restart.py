@@ -19,6 +19,7 @@ P = JobParams(audio_path="/a.wav", video_path="/v.mp4")
 
 @pytest.fixture(scope="module")
 def pg():
+    # A server of this module's own, not the session's: these tests stop and restart it.
     server = PostgresServer()
     try:
         server.start()
