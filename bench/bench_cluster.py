@@ -28,7 +28,7 @@ from ray import serve  # noqa: E402
 
 from serve_app.app import build_app  # noqa: E402
 from tests.pg_server import PostgresServer  # noqa: E402
-from tests.service.harness import BOX, Client, make_media, wait_until  # noqa: E402
+from tests.service.harness import ADMIN_KEY, BOX, Client, admin_auth, make_media, wait_until  # noqa: E402
 from tests.service.multinode import SimulatedCluster, gpu_config_on_cpu, running_replicas  # noqa: E402
 
 REPLICAS_PER_WORKER = 2  # 1 GPU / generator.num_gpus 0.5
@@ -39,11 +39,13 @@ def run_one(pg: PostgresServer, workers: int, jobs: int, seconds: float, work: P
     sim = SimulatedCluster(workers=workers)
     try:
         replicas = REPLICAS_PER_WORKER * workers
-        args = gpu_config_on_cpu(work / f"storage-{workers}", url, pipeline={
-            "autoscaling": {"min_replicas": replicas, "max_replicas": replicas}})
+        storage = work / f"storage-{workers}"
+        args = gpu_config_on_cpu(storage, url, pipeline={
+            "autoscaling": {"min_replicas": replicas, "max_replicas": replicas}},
+            auth=admin_auth(storage))  # an admin key: the records then show which replica ran each job
         t_deploy = time.perf_counter()
         serve.run(build_app(args), name="lipserve", route_prefix="/")
-        client = Client(f"http://127.0.0.1:{sim.port}")
+        client = Client(f"http://127.0.0.1:{sim.port}", key=ADMIN_KEY)
         client.wait_http("/readyz", 200, timeout=300)
         wait_until(lambda: running_replicas() >= replicas, f"{replicas} warm replicas", timeout=300)
         deploy_s = time.perf_counter() - t_deploy
