@@ -195,24 +195,32 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
                         rotation=rotation, duration_s=duration_s)
 
 
+def _upright_range(indexed, stream, start: int, stop: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, frame)`` pairs -> upright BGR frames with ``start <= index < stop``. The rotation is
+    read from the first decoded frame (its display matrix), before any are skipped."""
+    rotation = None
+    for index, frame in indexed:
+        if stop is not None and index >= stop:
+            return
+        if rotation is None:
+            rotation = _rotation_of(frame, stream)
+        if index >= start:
+            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
+
+
 def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tuple[int, np.ndarray]]:
     container = open_media(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        rotation = None
-        index = -1
         header = _header_size(stream)
-        for frame in container.decode(stream):
-            index += 1
-            _check_frame_size(frame, header, index, path)
-            if stop is not None and index >= stop:
-                break
-            if rotation is None:
-                rotation = _rotation_of(frame, stream)
-            if index < start:
-                continue
-            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
+
+        def indexed():
+            for index, frame in enumerate(container.decode(stream)):
+                _check_frame_size(frame, header, index, path)
+                yield index, frame
+
+        yield from _upright_range(indexed(), stream, start, stop)
     except (av.FFmpegError, OSError) as exc:
         raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
@@ -254,28 +262,26 @@ def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
             container.seek(target, backward=True, any_frame=False, stream=stream)
         except (av.FFmpegError, OSError) as exc:
             raise _SeekMissed() from exc
-        rotation = None
-        index = None
         header = _header_size(stream)
-        for frame in container.decode(stream):
-            _check_frame_size(frame, header, index, path)
-            if index is None:
-                if frame.pts is None:
-                    raise _SeekMissed()
-                index = int(round((frame.pts - first_pts) * tb * fps))
-                if index > start or index < 0:
-                    raise _SeekMissed()
-            else:
-                index += 1
-            if stop is not None and index >= stop:
-                break
-            if rotation is None:
-                rotation = _rotation_of(frame, stream)
-            if index < start:
-                continue
-            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
-        if index is None:  # the seek landed at or past the end (seen with MPEG-TS): not trustworthy
-            raise _SeekMissed()
+
+        def indexed():
+            # The first decoded frame's pts says where the seek landed; the rest count on from it.
+            index = None
+            for frame in container.decode(stream):
+                _check_frame_size(frame, header, index, path)
+                if index is None:
+                    if frame.pts is None:
+                        raise _SeekMissed()
+                    index = int(round((frame.pts - first_pts) * tb * fps))
+                    if index > start or index < 0:
+                        raise _SeekMissed()
+                else:
+                    index += 1
+                yield index, frame
+            if index is None:  # the seek landed at or past the end (seen with MPEG-TS): not trustworthy
+                raise _SeekMissed()
+
+        yield from _upright_range(indexed(), stream, start, stop)
     except (av.FFmpegError, OSError) as exc:
         raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
