@@ -21,7 +21,7 @@ import numpy as np
 
 from actors.errors import InvalidParameterError
 
-__all__ = ["crop_box", "extract_crop", "lower_face_mask", "composite", "color_transfer"]
+__all__ = ["crop_box", "extract_crop", "lower_face_mask", "composite", "color_transfer", "paste_source_window"]
 
 # Mask geometry, as fractions of the crop: an ellipse centred 72 % down, 60 % wide, 44 % high, so its
 # top touches the middle row and its bottom stays 6 % above the bottom edge.
@@ -124,6 +124,37 @@ def _lower_face_mask(h: int, w: int) -> np.ndarray:
     m[r >= 1.0] = 0.0
     m[ys < 0.5, :] = 0.0
     return np.clip(m, 0.0, 1.0).astype(np.float32)
+
+
+# Smallest face box (px, either side) for which :func:`paste_source_window` is exact: below it, the
+# area filter of a downscale reaches further into the crop than the window allows.
+MIN_EXACT_BOX = 24
+
+
+@functools.lru_cache(maxsize=16)
+def paste_source_window(crop_size: int) -> tuple[int, int, int, int]:
+    """``(r0, r1, c0, c1)``: the pixels of a ``crop_size`` generated crop that :func:`composite`
+    reads, for any box of at least :data:`MIN_EXACT_BOX` px. Outside it the crop may hold anything
+    and the pasted frame is byte-identical (``tests/unit/test_compose.py`` checks this over box sizes
+    from 24 to 700 px), so a generator may compute only this window (``wav2lip_window.py``).
+
+    The mask is non-zero on box rows with ``(y + 0.5) / h`` in ``[0.5, MASK_CENTER_Y + MASK_HEIGHT/2)``
+    and columns in ``(0.5 - MASK_WIDTH/2, 0.5 + MASK_WIDTH/2)``. Those fractions map to the same
+    fractions of the crop; the resize reads around them: bicubic 1 tap before and 2 after the
+    source position, the area filter up to half a box pixel (``crop_size / (2 * MIN_EXACT_BOX)``)
+    either side. One more pixel of margin each way.
+    """
+    s = int(crop_size)
+    reach = s / (2.0 * MIN_EXACT_BOX)
+
+    def span(f_lo: float, f_hi: float) -> tuple[int, int]:
+        lo = min(math.floor(f_lo * s - 0.5) - 1, math.floor(f_lo * s - reach))
+        hi = max(math.floor(f_hi * s - 0.5) + 3, math.ceil(f_hi * s + reach))
+        return max(0, lo - 1), min(s, hi + 1)
+
+    r0, r1 = span(0.5, MASK_CENTER_Y + MASK_HEIGHT / 2)
+    c0, c1 = span(0.5 - MASK_WIDTH / 2, 0.5 + MASK_WIDTH / 2)
+    return r0, r1, c0, c1
 
 
 def color_transfer(src: np.ndarray, ref: np.ndarray, weight: np.ndarray, max_gain: float = 2.0) -> np.ndarray:

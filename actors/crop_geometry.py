@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from actors.compose import composite, crop_box, extract_crop
+from actors.compose import composite, crop_box, extract_crop, paste_source_window
 from actors.errors import InvalidParameterError
 
 Box = tuple[int, int, int, int]
@@ -74,6 +74,11 @@ class PaddedBoxGeometry:
     def paste(self, frame, box, generated, *, color_match: bool = True, mask=None,
               inplace: bool = False) -> np.ndarray:
         return composite(frame, box, generated, color_match=color_match, inplace=inplace)
+
+    def source_window(self) -> tuple[int, int, int, int]:
+        """``(r0, r1, c0, c1)`` of the generated crop that :meth:`paste` reads (the rest may hold
+        anything): what a generator must compute."""
+        return paste_source_window(self.crop_size)
 
     def describe(self) -> dict:
         return _describe(self)

@@ -7,7 +7,7 @@ Built once into a folder (``prepare(work)``) and reused by every bench in the ru
   scaled to 576x768 with OpenCV and ping-ponged to ``seconds`` (250 frames for 10 s), libx264 via
   PyAV. A template as long as the audio, so neither pipeline cycles frames.
 * ``speech.wav``: ``tests.media.speech_like`` of the same length (16 kHz mono).
-* ``wav2lip_random.pth`` / ``wav2lip.onnx``: ``save_random_checkpoint`` + ``export_onnx`` (random
+* ``wav2lip_random.pth`` / ``wav2lip_mouth.onnx``: ``save_random_checkpoint`` + ``export_onnx`` (random
   weights: the pictures are meaningless, speed is real).
 * the face box: the Haar detector's box on the first frame of the scaled clip, fixed for all frames
   (``--box`` in ``lipserve render``); ``padded_box`` is the same box with Wav2Lip's default pads,
@@ -52,7 +52,7 @@ def _scaled_pingpong(seconds: float):
 def prepare(work: str | Path, seconds: float = 10.0) -> PresenterInputs:
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    meta = work / f"presenter-{seconds:g}s.json"
+    meta = work / f"presenter-{seconds:g}s-v2.json"  # v2: the ONNX file is a mouth-window export
     if meta.exists():
         d = json.loads(meta.read_text())
         return PresenterInputs(**{**d, "box": tuple(d["box"]), "padded_box": tuple(d["padded_box"])})
@@ -69,7 +69,7 @@ def prepare(work: str | Path, seconds: float = 10.0) -> PresenterInputs:
     ckpt = work / "wav2lip_random.pth"
     if not ckpt.exists():
         save_random_checkpoint(ckpt)
-    onnx = work / "wav2lip.onnx"
+    onnx = work / "wav2lip_mouth.onnx"
     if not onnx.exists():
         export_onnx(ckpt, onnx)
     _, first = next(iter_frames(template))

@@ -8,9 +8,10 @@ from fractions import Fraction
 import numpy as np
 
 from actors.crop_geometry import PaddedBoxGeometry
-from actors.errors import InvalidParameterError
+from actors.errors import InvalidParameterError, ModelLoadError
 from actors.generators.mel import mel_features
 from actors.models.wav2lip_runtime import load_wav2lip
+from actors.models.wav2lip_spec import format_window, window_contains
 
 CROP_SIZE = 96
 # Frames per forward pass. On CPU (onnxruntime, 2 cores) throughput is flat from 16 to 64 within the
@@ -43,6 +44,11 @@ class Wav2LipGenerator:
 
     Runs in chunks of ``batch_size`` frames. Raises ``ModelLoadError`` from the constructor when the
     checkpoint cannot be loaded and ``InvalidParameterError`` for wrongly shaped inputs.
+
+    By default only the mouth window that the paste reads is decoded (``mouth_window``; a torch
+    checkpoint is wrapped at load, an ONNX file carries its window from ``lipserve export-onnx``):
+    the returned crops hold the generated pixels there and the input crop elsewhere, and the pasted
+    frames are the same as with the whole crop decoded (``actors/models/wav2lip_window.py``).
     """
 
     name = "wav2lip"
@@ -50,12 +56,20 @@ class Wav2LipGenerator:
     crop_geometry = PaddedBoxGeometry(CROP_SIZE)
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
-                 threads: int | None = None):
+                 threads: int | None = None, mouth_window: bool = True):
         if int(batch_size) < 1:
             raise InvalidParameterError(f"wav2lip batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.checkpoint = str(checkpoint)
-        self.runner = load_wav2lip(checkpoint, device=device, threads=threads)
+        needed = self.crop_geometry.source_window()
+        self.runner = load_wav2lip(checkpoint, device=device, threads=threads,
+                                   window=needed if mouth_window else None)
+        if not window_contains(self.runner.window, needed):
+            raise ModelLoadError(
+                f"{os.path.basename(self.checkpoint)} decodes only crop window {format_window(self.runner.window)} "
+                f"but the paste reads {format_window(needed)}: export it again (lipserve export-onnx)",
+                path=self.checkpoint)
+        self.window = self.runner.window  # None: the whole crop
         self.backend = self.runner.backend
         self.device = self.runner.device
 
@@ -73,12 +87,17 @@ class Wav2LipGenerator:
             raise InvalidParameterError(f"wav2lip expects mels float32[B,80,16], got {mels.shape}")
         if len(faces) != len(mels):
             raise InvalidParameterError(f"wav2lip got {len(faces)} faces but {len(mels)} mel windows")
-        out = np.empty((len(faces), s, s, 3), np.uint8)
+        if self.window is None:
+            out = np.empty((len(faces), s, s, 3), np.uint8)
+            r0, r1, c0, c1 = 0, s, 0, s
+        else:  # outside the window the paste reads nothing: keep the input crop there
+            out = np.array(faces, dtype=np.uint8, copy=True)
+            r0, r1, c0, c1 = self.window
         for lo in range(0, len(faces), self.batch_size):
             hi = lo + self.batch_size
-            pred = self.runner(build_mel_input(mels[lo:hi]), build_face_input(faces[lo:hi]))  # [b,3,96,96]
+            pred = self.runner(build_mel_input(mels[lo:hi]), build_face_input(faces[lo:hi]))  # [b,3,h,w]
             pred = np.clip(pred.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255)
-            out[lo:hi] = pred.astype(np.uint8)
+            out[lo:hi, r0:r1, c0:c1] = pred.astype(np.uint8)
         return out
 
     def __repr__(self) -> str:

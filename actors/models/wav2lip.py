@@ -30,14 +30,12 @@ from torch import nn
 from actors.errors import ModelLoadError
 from actors.media.atomic import atomic_write
 from actors.models.files import not_weights_hint
+from actors.models.wav2lip_spec import (  # noqa: F401 - re-exported: the network's I/O contract
+    FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, OUT_SHAPE, TORCH_SUFFIXES, check_model_path,
+)
 
 log = logging.getLogger(__name__)
 
-MEL_SHAPE = (1, 80, 16)
-FACE_SHAPE = (6, 96, 96)
-OUT_SHAPE = (3, 96, 96)
-TORCH_SUFFIXES = (".pth", ".pt")
-ONNX_SUFFIXES = (".onnx",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,19 +239,6 @@ def model_from_state(state: dict[str, torch.Tensor], path: Path) -> Wav2Lip:
     except RuntimeError as exc:  # pragma: no cover - the checks above should catch everything
         raise ModelLoadError(f"{path}: load_state_dict failed: {exc}", path=str(path)) from exc
     return model.eval()
-
-
-def check_model_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
-    p = Path(path)
-    allowed = suffixes or (TORCH_SUFFIXES + ONNX_SUFFIXES)
-    if p.suffix.lower() not in allowed:
-        raise ModelLoadError(
-            f"unknown model file type {p.suffix or '(no suffix)'!r} for {p}: expected one of {', '.join(allowed)}",
-            path=str(p),
-        )
-    if not p.is_file():
-        raise ModelLoadError(f"model file not found: {p}", path=str(p))
-    return p
 
 
 def build_wav2lip_from_checkpoint(path: str | os.PathLike) -> Wav2Lip:

@@ -1,7 +1,11 @@
 """Running Wav2Lip: ``load_wav2lip(path, device)`` returns a :class:`Wav2LipRunner`, a callable taking
 **numpy float32** ``mel[B,1,80,16]`` and ``face[B,6,96,96]`` and returning **numpy float32**
-``[B,3,96,96]``, whatever the backend (torch for ``.pth``/``.pt``, onnxruntime for ``.onnx``). Torch
-tensors are accepted as inputs too (they are converted); the output is always numpy.
+``[B,3,h,w]``, whatever the backend (torch for ``.pth``/``.pt``, onnxruntime for ``.onnx``): the whole
+96x96 crop, or only the runner's ``window`` of it (a mouth-window model, ``wav2lip_window.py``).
+Torch tensors are accepted as inputs too (they are converted); the output is always numpy.
+
+torch is imported only for a torch checkpoint or a CUDA request: the ONNX CPU path runs on
+onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -12,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from actors.errors import ModelLoadError
 from actors.models.files import resolve_torch_device
-from actors.models.wav2lip import (
-    FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, OUT_SHAPE, Wav2Lip, check_model_path, model_from_state,
-    read_torch_checkpoint,
+from actors.models.wav2lip_spec import (
+    FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, WINDOW_METADATA_KEY, check_model_path, parse_window,
 )
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _as_numpy(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if type(x).__module__.startswith("torch"):  # a torch.Tensor, without importing torch for numpy input
         x = x.detach().cpu().numpy()
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 4 or arr.shape[1:] != shape:
@@ -37,19 +39,28 @@ def _as_numpy(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Wav2LipRunner:
-    """Callable ``(mel float32[B,1,80,16], face float32[B,6,96,96]) -> float32[B,3,96,96]`` (numpy).
+    """Callable ``(mel float32[B,1,80,16], face float32[B,6,96,96]) -> float32[B,3,h,w]`` (numpy).
 
     Attributes: ``backend`` ("torch" | "onnxruntime"), ``device`` ("cpu" | "cuda[:n]"),
-    ``providers`` (onnxruntime execution providers in use; empty for torch), ``path``.
+    ``providers`` (onnxruntime execution providers in use; empty for torch), ``path``, ``window``
+    (``(r0, r1, c0, c1)`` of the 96x96 crop that the output covers, or None for the whole crop).
     """
 
     backend: str = ""
     device: str = "cpu"
     providers: list[str]
+    window: tuple[int, int, int, int] | None = None
 
     def __init__(self, path: Path):
         self.path = path
         self.providers = []
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        if self.window is None:
+            return 3, 96, 96
+        r0, r1, c0, c1 = self.window
+        return 3, r1 - r0, c1 - c0
 
     def __call__(self, mel: Any, face: Any) -> np.ndarray:
         mel_np = _as_numpy(mel, "mel", MEL_SHAPE)
@@ -57,7 +68,7 @@ class Wav2LipRunner:
         if mel_np.shape[0] != face_np.shape[0]:
             raise ValueError(f"batch mismatch: mel has {mel_np.shape[0]} rows, face {face_np.shape[0]}")
         if mel_np.shape[0] == 0:
-            return np.zeros((0, *OUT_SHAPE), np.float32)
+            return np.zeros((0, *self.out_shape), np.float32)
         return self._run(mel_np, face_np)
 
     def _run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -70,16 +81,23 @@ class Wav2LipRunner:
 class TorchWav2LipRunner(Wav2LipRunner):
     backend = "torch"
 
-    def __init__(self, path: Path, model: Wav2Lip, device: str):
+    def __init__(self, path: Path, model, device: str, window: tuple[int, int, int, int] | None = None):
         super().__init__(path)
         self.device = device
         self.half = device.startswith("cuda")
+        if window is not None:
+            from actors.models.wav2lip_window import Wav2LipWindowed
+
+            model = Wav2LipWindowed(model, window)
+            self.window = model.window
         model = model.to(device)
         if self.half:  # fp16 on CUDA: ~2x throughput; BatchNorm folded-in eval stats are fine in half
             model = model.half()
         self.model = model.eval()
 
     def _run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        import torch
+
         dtype = torch.float16 if self.half else torch.float32
         with torch.inference_mode():
             m = torch.from_numpy(mel).to(self.device, dtype=dtype, non_blocking=True)
@@ -111,6 +129,8 @@ class OnnxWav2LipRunner(Wav2LipRunner):
         self._mel_name, self._face_name = mel_in.name, face_in.name
         self._dtype = np.float16 if "float16" in mel_in.type else np.float32
         self._out_name = session.get_outputs()[0].name
+        meta = session.get_modelmeta().custom_metadata_map or {}
+        self.window = parse_window(meta.get(WINDOW_METADATA_KEY), path)
 
     def _run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         feeds = {self._mel_name: mel.astype(self._dtype, copy=False), self._face_name: face.astype(self._dtype, copy=False)}
@@ -146,13 +166,19 @@ def _openvino_provider(threads: int | None) -> tuple[str, dict[str, str]]:
     return "OpenVINOExecutionProvider", options
 
 
+def _torch_sees_a_gpu() -> bool:
+    import torch  # only asked on a CUDA request: the CPU path stays torch-free
+
+    return bool(torch.cuda.is_available())
+
+
 def _onnx_session(path: Path, device: str, threads: int | None = None):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     want_cuda = device.startswith("cuda") or device == "auto"
     want_cuda = want_cuda and "CUDAExecutionProvider" in available
-    if want_cuda and not torch.cuda.is_available():
+    if want_cuda and not _torch_sees_a_gpu():
         # onnxruntime-gpu lists the CUDA EP even on machines without a GPU / driver.
         log.warning("CUDAExecutionProvider listed but no usable GPU; running %s on CPU", path)
         want_cuda = False
@@ -187,7 +213,8 @@ def _onnx_session(path: Path, device: str, threads: int | None = None):
         raise ModelLoadError(f"cannot load ONNX model {path}: {type(exc).__name__}: {exc}", path=str(path)) from exc
 
 
-def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Wav2LipRunner:
+def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 window: tuple[int, int, int, int] | None = None) -> Wav2LipRunner:
     """Load a Wav2Lip generator for inference; see :class:`Wav2LipRunner` for the call convention.
 
     * ``.pth`` / ``.pt``: a public-format checkpoint (``{"state_dict": ...}``) or a raw state dict,
@@ -199,7 +226,8 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | No
     onnxruntime-openvino package). A CUDA request on a machine without a usable GPU logs a warning and
     runs on CPU. ``threads``: CPU threads for the forward pass (onnxruntime intra-op threads, or
     ``torch.set_num_threads`` for a CPU torch model); None keeps the runtime's default (all cores).
-    Every failure to load raises :class:`ModelLoadError` naming the file.
+    ``window``: compute only this part of the crop (torch; an ONNX file declares its own window,
+    ``lipserve export-onnx``). Every failure to load raises :class:`ModelLoadError` naming the file.
     """
     p = check_model_path(path)
     if p.suffix.lower() in ONNX_SUFFIXES:
@@ -207,8 +235,12 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | No
     if (device or "").lower() == "openvino":
         raise ModelLoadError(f"device 'openvino' runs ONNX models only; export {p.name} first (lipserve export-onnx)",
                              path=str(p))
+    import torch
+
+    from actors.models.wav2lip import model_from_state, read_torch_checkpoint
+
     model = model_from_state(read_torch_checkpoint(p), p)
     device = resolve_torch_device(device, "Wav2Lip")
     if threads and device == "cpu":
         torch.set_num_threads(int(threads))  # per process: the generator owns its actor's CPUs
-    return TorchWav2LipRunner(p, model, device)
+    return TorchWav2LipRunner(p, model, device, window)

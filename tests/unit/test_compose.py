@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from actors.compose import composite, crop_box, extract_crop, lower_face_mask
+from actors.compose import MIN_EXACT_BOX, composite, crop_box, extract_crop, lower_face_mask, paste_source_window
 from actors.errors import InvalidParameterError
 from tests.media import ASSETS
 
@@ -152,3 +152,24 @@ def test_composite_rejects_bad_inputs(frame):
         composite(frame, (0, 0, 1, 1), np.zeros((96, 96, 3), np.uint8))
     with pytest.raises(InvalidParameterError):
         composite(frame, FACE, np.zeros((96, 96), np.uint8))
+
+
+@pytest.mark.parametrize("crop", [96, 256])
+def test_composite_reads_only_the_paste_source_window(crop):
+    """Whatever the crop holds outside paste_source_window, the pasted frame is byte-identical, for
+    box sizes from MIN_EXACT_BOX px (downscaled crops) to 700 px (upscaled), square or not."""
+    rng = np.random.default_rng(crop)
+    r0, r1, c0, c1 = paste_source_window(crop)
+    assert (r1 - r0) * (c1 - c0) < 0.4 * crop * crop
+    frame = rng.integers(0, 256, (760, 760, 3), np.uint8)
+    generated = rng.integers(0, 256, (crop, crop, 3), np.uint8)
+    sizes = list(range(MIN_EXACT_BOX, 130, 3)) + list(range(130, 701, 29))
+    for k, bh in enumerate(sizes):
+        for bw in sizes[k % 4::4]:
+            box = (17, 23, 17 + bw, 23 + bh)
+            scrambled = rng.integers(0, 256, generated.shape, np.uint8)
+            scrambled[r0:r1, c0:c1] = generated[r0:r1, c0:c1]
+            for color_match in (True, False):
+                want = composite(frame, box, generated, color_match=color_match)
+                got = composite(frame, box, scrambled, color_match=color_match)
+                assert np.array_equal(want, got), (bw, bh, color_match)

@@ -137,7 +137,7 @@ def test_forward_shape_and_range():
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("w2l")
     ckpt = save_random_checkpoint(d / "random.pth", seed=1)
-    onnx_path = export_onnx(ckpt, d / "random.onnx")
+    onnx_path = export_onnx(ckpt, d / "random.onnx", window=None)
     return {"dir": d, "pth": ckpt, "onnx": onnx_path}
 
 
@@ -268,7 +268,7 @@ def test_build_face_input_masks_lower_half():
 
 
 def test_generator(models):
-    gen = Wav2LipGenerator(models["pth"], batch_size=2)
+    gen = Wav2LipGenerator(models["pth"], batch_size=2, mouth_window=False)  # the whole crop (window: test_wav2lip_window.py)
     assert isinstance(gen, Generator)
     assert gen.name == "wav2lip" and gen.crop_size == 96
     rng = np.random.default_rng(3)
@@ -281,8 +281,8 @@ def test_generator(models):
     expected = np.clip(ref.transpose(0, 2, 3, 1) * 255 + 0.5, 0, 255).astype(np.uint8)
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
     # ONNX-backed generator agrees to within one grey level.
-    onnx_gen = Wav2LipGenerator(models["onnx"], batch_size=4)
-    assert onnx_gen.backend == "onnxruntime"
+    onnx_gen = Wav2LipGenerator(models["onnx"], batch_size=4)  # a whole-crop export
+    assert onnx_gen.backend == "onnxruntime" and onnx_gen.window is None
     assert np.abs(onnx_gen.generate(faces, mels).astype(int) - out.astype(int)).max() <= 1
     assert gen.generate(faces[:0], mels[:0]).shape == (0, 96, 96, 3)
 
