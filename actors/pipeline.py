@@ -36,7 +36,8 @@ class RenderOptions:
     device: str = "cpu"
     batch_size: int = 32  # generator frames per forward pass
     threads: int | None = None  # generator CPU threads; None = the runtime's default (every core)
-    precision: str = "auto"  # MuseTalk: auto (fp16 on CUDA), fp32, fp16
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (MuseTalk), bf16 (Wav2Lip on OpenVINO)
+    engine: str = "auto"  # Wav2Lip .onnx: auto (OpenVINO on CPU when installed), onnxruntime, openvino
     mode: str = "pingpong"  # or "loop": how the template covers audio longer than it
     box: tuple[int, int, int, int] | None = None
     detector_model: str | None = None
@@ -80,7 +81,7 @@ class LocalRenderer:
         self.options = options or RenderOptions()
         o = self.options
         self.generator = generator or make_generator(o.backend, o.checkpoint, o.device, o.batch_size, o.precision,
-                                                     threads=o.threads)
+                                                     threads=o.threads, engine=o.engine)
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
 

@@ -1,4 +1,4 @@
-"""Wav2Lip generator throughput on CPU: onnxruntime settings, batch size, int8, OpenVINO.
+"""Wav2Lip generator throughput on CPU: onnxruntime settings, batch size, int8, OpenVINO, mouth window.
 
 Every figure is the median of ``--repeats`` passes over the same 128 frames (real crops of the
 bundled demo, its speech's mel windows), after one warm-up batch:
@@ -9,9 +9,11 @@ bundled demo, its speech's mel windows), after one warm-up batch:
 * torch fp32 CPU for comparison;
 * int8 (static QDQ, ``actors/models/wav2lip_quantize.py``), an option only: frames/s and the
   output PSNR against fp32 on the bundled demo (all 100 frames);
-* OpenVINO execution provider: ``onnxruntime-openvino`` replaces onnxruntime-gpu's module, so it
-  lives in a separate virtual environment; pass its python with ``--openvino-python`` (or set
-  ``LIPSERVE_OPENVINO_PYTHON``); skipped with a note otherwise.
+* OpenVINO's CPU runtime (``actors/models/wav2lip_openvino.py``, the default CPU engine): fp32,
+  with its largest difference from onnxruntime, and bf16 (an option) with its PSNR against fp32 on
+  the bundled demo;
+* the mouth-window export (the default, ``actors/models/wav2lip_window.py``) against the whole-crop
+  one, on both engines.
 
 Usage: python bench/bench_generator.py [--repeats 3] [--work DIR] [--quick] [--json]
 """
@@ -22,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,30 +36,6 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 N = 128
-
-# Runs under the OpenVINO venv's python: numpy + onnxruntime-openvino only, no project imports.
-_OV_SCRIPT = r"""
-import json, sys, time, numpy as np, onnxruntime as ort
-path, data, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-d = np.load(data); mel, face, ref = d["mel"], d["face"], d["ref"]
-o = ort.SessionOptions(); o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-res = {"available": ort.get_available_providers(), "version": ort.__version__, "by_precision": {}}
-for prec in ("FP32", "ACCURACY"):
-    prov = [("OpenVINOExecutionProvider", {"device_type": "CPU", "precision": prec, "num_of_threads": str(threads)})]
-    s = ort.InferenceSession(path, o, providers=prov)
-    s.run(None, {"mel": mel[:32], "face": face[:32]})
-    fps = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        outs = [s.run(None, {"mel": mel[lo:lo + 32], "face": face[lo:lo + 32]})[0] for lo in range(0, len(mel), 32)]
-        fps.append(len(mel) / (time.perf_counter() - t0))
-    out = np.concatenate(outs)
-    mse = float(np.mean((np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8).astype(np.float64) - ref) ** 2))
-    res["by_precision"][prec] = {"fps": sorted(fps)[len(fps) // 2], "providers": s.get_providers(),
-                                 "psnr_vs_cpu_ep_db": None if mse == 0 else 10 * np.log10(255 ** 2 / mse)}
-print("OVRESULT " + json.dumps(res))
-"""
-
 
 def demo_inputs(work: Path):
     """(faces uint8[100,96,96,3], mels float32[100,80,16]) of the bundled demo (Haar-detected)."""
@@ -113,7 +90,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def measure(work: Path, repeats: int, quick: bool, openvino_python: str | None) -> dict:
+def measure(work: Path, repeats: int, quick: bool) -> dict:
     from actors.generators.wav2lip import build_face_input, build_mel_input
     from actors.models.wav2lip_quantize import quantize_int8
     from actors.models.wav2lip_runtime import load_wav2lip
@@ -160,21 +137,29 @@ def measure(work: Path, repeats: int, quick: bool, openvino_python: str | None) 
     print(f"  int8 static QDQ (batch 32): {r['int8']['fps']:.1f} f/s, PSNR vs fp32 {r['int8']['psnr_vs_fp32_db']:.1f} dB",
           flush=True)
 
-    ov_py = openvino_python or os.environ.get("LIPSERVE_OPENVINO_PYTHON")
-    if ov_py and Path(ov_py).exists():
-        data = work / "ov-inputs.npz"
-        ref = _uint8(_ort_run(sess)(mel, face)[0]).astype(np.float64)
-        np.savez(data, mel=mel, face=face, ref=ref)
-        proc = subprocess.run([ov_py, "-c", _OV_SCRIPT, inp.onnx, str(data), str(repeats), str(cores)],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("OVRESULT ")]
-        r["openvino"] = (json.loads(lines[-1][9:]) if lines
-                         else {"error": proc.stderr.strip().splitlines()[-1:] or ["no output"]})
-        print(f"  OpenVINO EP: {r['openvino']}", flush=True)
-    else:
-        r["openvino"] = {"skipped": "onnxruntime-openvino conflicts with onnxruntime-gpu (one 'onnxruntime' "
-                         "module); install it in its own venv (pip install onnxruntime-openvino==1.24.1 numpy) "
-                         "and pass --openvino-python VENV/bin/python"}
+    # OpenVINO (fp32: same results as onnxruntime to rounding; bf16: an option) and the window.
+    from actors.models.wav2lip_export import export_onnx
+
+    full_path = work / "wav2lip_full.onnx"
+    if not full_path.exists():
+        export_onnx(inp.checkpoint, full_path, window=None)
+    ort_out = _ort_run(sess)(build_mel_input(mels), build_face_input(faces))[0]
+    ov = {}
+    for prec in ("fp32", "bf16"):
+        runner = load_wav2lip(inp.onnx, "cpu", engine="openvino", precision=prec)
+        out = runner(build_mel_input(mels), build_face_input(faces))
+        ov[prec] = {"fps": _fps(runner, mel, face, 32, repeats), "compiled_precision": runner.precision,
+                    "max_abs_diff_vs_onnxruntime": float(np.abs(out - ort_out).max()),
+                    "psnr_vs_fp32_db": psnr(_uint8(out), fp32_out)}
+    ov["fp32_whole_crop_fps"] = _fps(load_wav2lip(str(full_path), "cpu", engine="openvino"), mel, face, 32, repeats)
+    r["openvino"] = ov
+    r["onnxruntime_whole_crop_fps"] = _fps(_ort_run(_session(str(full_path), None, False, "all")), mel, face, 32,
+                                           repeats)
+    r["onnxruntime_mouth_fps"] = r["batch_fps"][32] if 32 in r["batch_fps"] else None
+    print(f"  OpenVINO fp32 {ov['fp32']['fps']:.1f} f/s (max diff vs onnxruntime {ov['fp32']['max_abs_diff_vs_onnxruntime']:.2g}), "
+          f"bf16 {ov['bf16']['fps']:.1f} f/s (compiled {ov['bf16']['compiled_precision']}, PSNR vs fp32 "
+          f"{ov['bf16']['psnr_vs_fp32_db'] or float('inf'):.1f} dB); whole crop: OpenVINO {ov['fp32_whole_crop_fps']:.1f}, "
+          f"onnxruntime {r['onnxruntime_whole_crop_fps']:.1f} f/s", flush=True)
     r["best_batch"] = max(r["batch_fps"], key=r["batch_fps"].get)
     r["loadavg_end"] = os.getloadavg()[0]
     return r
@@ -185,11 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer levels and batch sizes (make bench)")
-    ap.add_argument("--openvino-python", default=None)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="lipserve-gen-"))
-    r = measure(work, a.repeats, a.quick, a.openvino_python)
+    r = measure(work, a.repeats, a.quick)
     print(f"best batch: {r['best_batch']}")
     if a.json:
         print(json.dumps(r))

@@ -4,7 +4,7 @@ On the 10 s 576x768 presenter clip of ``bench/presenter.py`` (random-init Wav2Li
 face box, avatar cache warm), every figure the median of ``--repeats`` runs (default 3), each run in
 a fresh process:
 
-* **generator only**: ``Wav2LipGenerator.generate`` (onnxruntime, CPU) over the clip's 250 crops +
+* **generator only**: ``Wav2LipGenerator.generate`` (the default CPU engine) over the clip's 250 crops +
   mel windows, nothing else running: generator frames/s;
 * **end to end**: ``LocalRenderer.render`` (what ``lipserve render`` runs) of the same clip:
   frames/s, and **pipeline efficiency** = end-to-end frames/s / generator-only frames/s (goal >= 0.9);
@@ -63,7 +63,8 @@ def _child_ours(a) -> int:
         c0 = _cpu_self()
         t0 = time.perf_counter()
         gen.generate(faces, feats)
-        result.update(gen_seconds=time.perf_counter() - t0, gen_frames=n, gen_cpu_seconds=_cpu_self() - c0)
+        result.update(gen_seconds=time.perf_counter() - t0, gen_frames=n, gen_cpu_seconds=_cpu_self() - c0,
+                      engine=f"{gen.backend} {gen.precision}, window {gen.window}")
     print(TAG + json.dumps(result), flush=True)
     return 0
 
@@ -105,6 +106,7 @@ def measure(work: Path, repeats: int, batch_size: int = 32, threads: int = 0) ->
                                        "--box", *map(str, inp.padded_box), "--outfile", str(work / f"h2h-ref-{k}.mp4")])
         runs.append({
             "gen_fps": gen["gen_frames"] / gen["gen_seconds"], "gen_cpu_seconds": gen["gen_cpu_seconds"],
+            "engine": gen.get("engine"),
             "e2e_fps": ours["frames"] / ours["e2e_seconds"], "e2e_seconds": ours["e2e_seconds"],
             "stage_seconds": ours["stage_seconds"], "out_bytes": ours["out_bytes"],
             "ours_process_seconds": ours_wall, "ours_cpu_seconds": ours_cpu,
@@ -122,6 +124,7 @@ def measure(work: Path, repeats: int, batch_size: int = 32, threads: int = 0) ->
         "clip": {"template": Path(inp.template).name, "size": "576x768", "seconds": inp.seconds,
                  "frames": inp.frames, "box": inp.box, "crop_region": inp.padded_box},
         "repeats": repeats, "batch_size": batch_size, "threads": threads or None, "runs": runs,
+        "engine": runs[0]["engine"] if runs else None,
         "generator_fps": med("gen_fps"), "e2e_fps": med("e2e_fps"),
         "pipeline_efficiency": statistics.median(eff), "efficiency_goal": 0.9,
         "ours_process_seconds": med("ours_process_seconds"), "ref_process_seconds": med("ref_process_seconds"),
@@ -133,7 +136,7 @@ def measure(work: Path, repeats: int, batch_size: int = 32, threads: int = 0) ->
 
 def print_report(r: dict) -> None:
     rows = [
-        ("generator only (onnxruntime CPU)", f"{r['generator_fps']:.1f} f/s", ""),
+        ("generator only (" + r.get("engine", "CPU") + ")", f"{r['generator_fps']:.1f} f/s", ""),
         ("end to end (LocalRenderer.render)", f"{r['e2e_fps']:.1f} f/s", ""),
         ("pipeline efficiency (e2e / generator)", f"{r['pipeline_efficiency']:.3f}",
          f">= 0.9 {'PASS' if r['pipeline_efficiency'] >= 0.9 else 'FAIL'}"),

@@ -4,8 +4,8 @@ Runs, each in its own processes (the benches themselves repeat their measurement
 
 1. ``bench_headtohead.py``: generator-only and end-to-end frames/s, pipeline efficiency, and the
    head-to-head against the Wav2Lip ``inference.py`` flow (10 s 576x768 presenter clip, 3 runs);
-2. ``bench_generator.py --quick``: onnxruntime settings / batch size / torch / int8 (+ OpenVINO when
-   ``LIPSERVE_OPENVINO_PYTHON`` names a venv python that has onnxruntime-openvino);
+2. ``bench_generator.py --quick``: onnxruntime settings / batch size / torch / int8 / OpenVINO fp32
+   and bf16 / mouth window vs whole crop;
 3. ``bench_pipeline.py --cache warm``: per-stage frames/s and peak RSS of a 60 s vs a 10 s render;
 4. ``bench_service.py``: replica ready time and an HTTP job vs the same render in-process;
 5. ``bench_first_segment.py --no-service``: time to the first playable (live HLS) segment;
@@ -132,6 +132,12 @@ def summarise(r: dict) -> dict:
     g = r.get("generator") or {}
     s["generator_best_batch"] = g.get("best_batch")
     s["int8_psnr_db"] = (g.get("int8") or {}).get("psnr_vs_fp32_db")
+    ov = g.get("openvino") or {}
+    s["openvino_fp32_fps"] = (ov.get("fp32") or {}).get("fps")
+    s["openvino_bf16_fps"] = (ov.get("bf16") or {}).get("fps")
+    s["openvino_bf16_psnr_db"] = (ov.get("bf16") or {}).get("psnr_vs_fp32_db")
+    s["onnxruntime_mouth_fps"] = g.get("onnxruntime_mouth_fps")
+    s["onnxruntime_whole_crop_fps"] = g.get("onnxruntime_whole_crop_fps")
     p = r.get("pipeline") or {}
     v = (p.get("verdicts") or [{}])[0]
     s["peak_rss_ratio_60s_vs_10s"] = v.get("ratio")
@@ -165,6 +171,11 @@ def print_summary(r: dict) -> None:
         ("head-to-head (CPU-seconds)", _fmt(s["headtohead_cpu_ratio"], ".3f"), ""),
         ("generator best batch (CPU)", str(s["generator_best_batch"]), ""),
         ("int8 PSNR vs fp32 on the demo, dB", _fmt(s["int8_psnr_db"], ".1f"), "option only"),
+        ("onnxruntime f/s: whole crop / mouth window", f"{_fmt(s.get('onnxruntime_whole_crop_fps'), '.1f')} / "
+                                                        f"{_fmt(s.get('onnxruntime_mouth_fps'), '.1f')}", ""),
+        ("OpenVINO f/s: fp32 / bf16 (mouth window)", f"{_fmt(s.get('openvino_fp32_fps'), '.1f')} / "
+                                                      f"{_fmt(s.get('openvino_bf16_fps'), '.1f')}", "fp32 default"),
+        ("OpenVINO bf16 PSNR vs fp32 on the demo, dB", _fmt(s.get("openvino_bf16_psnr_db"), ".1f"), "option only"),
         ("peak RSS 60 s / 10 s", _fmt(s["peak_rss_ratio_60s_vs_10s"], ".3f"), "<= 1.3"),
         ("replica ready (constructor + warm-up), s", _fmt(s["replica_ready_s"]), "<= 10"),
         ("HTTP job / in-process", _fmt(s["http_vs_inprocess"], ".3f"), "<= 1.15"),

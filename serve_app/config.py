@@ -62,12 +62,16 @@ class ActorFaultSettings(_Strict):
 
 class GeneratorSettings(_Strict):
     backend: Literal["default", "mouth_warp", "wav2lip", "musetalk"] = "default"
-    # wav2lip: .pth/.pt (torch) or .onnx (onnxruntime); musetalk: the models directory in the
-    # public layout (musetalkV15/, sd-vae/, whisper/). Never downloaded.
+    # wav2lip: .pth/.pt (torch) or .onnx (OpenVINO on CPU / onnxruntime: ``engine``); musetalk: the
+    # models directory in the public layout (musetalkV15/, sd-vae/, whisper/). Never downloaded.
     checkpoint: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = 32
-    precision: Literal["auto", "fp32", "fp16"] = "auto"  # musetalk only: auto = fp16 on CUDA
+    # auto = fp16 on CUDA, fp32 on CPU; fp16: musetalk; bf16: wav2lip .onnx on OpenVINO (an option)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # What runs a wav2lip .onnx: auto = OpenVINO on CPU when installed (~1.3x onnxruntime at fp32,
+    # same results), onnxruntime otherwise and on CUDA.
+    engine: Literal["auto", "onnxruntime", "openvino"] = "auto"
     # CPU threads of the forward pass (onnxruntime intra-op / torch); None = sized to num_cpus
     # (at least 1), so a generator never spreads over the cores its writers were given.
     threads: int | None = Field(default=None, ge=1)

@@ -46,7 +46,7 @@ class GeneratorActor:
     def __init__(self, settings: GeneratorSettings, chaos_dir: str | None = None, threads: int | None = None):
         g = settings
         self.generator = make_generator(g.backend, g.checkpoint, g.device, g.batch_size, g.precision,
-                                        threads=threads)
+                                        threads=threads, engine=g.engine)
         self.device = g.device
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from actors.errors import InvalidParameterError
 
 BACKENDS = ("default", "mouth_warp", "wav2lip", "musetalk")
-PRECISIONS = ("auto", "fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ENGINES = ("auto", "onnxruntime", "openvino")  # what runs a Wav2Lip .onnx file
 
 
 def canonical_backend(backend: str) -> str:
@@ -14,21 +15,28 @@ def canonical_backend(backend: str) -> str:
 
 
 def make_generator(backend: str = "default", checkpoint: str | None = None, device: str = "cpu",
-                   batch_size: int = 32, precision: str = "auto", threads: int | None = None):
+                   batch_size: int = 32, precision: str = "auto", threads: int | None = None,
+                   engine: str = "auto"):
     """Build the generator named by ``backend``.
 
     ``default`` is the weight-free mouth warp, so a fresh machine renders without any download.
-    ``wav2lip`` loads a user-supplied checkpoint (.pth/.pt in torch, .onnx in onnxruntime).
+    ``wav2lip`` loads a user-supplied checkpoint (.pth/.pt in torch; .onnx in OpenVINO on CPU when
+    installed, else onnxruntime: ``engine``).
     ``musetalk`` loads a MuseTalk 1.5 models directory in the public layout (``musetalkV15/``,
     ``sd-vae/``, ``whisper/``; see ``actors/models/musetalk/files.py``) as ``checkpoint``.
-    ``precision``: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32`` or ``fp16``; MuseTalk only.
+    ``precision``: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` (MuseTalk) or ``bf16``
+    (Wav2Lip ONNX on OpenVINO's CPU engine: an option, measured against fp32 in bench/bench_generator.py).
     ``threads``: CPU threads the forward pass may use (None: the runtime's default, every core);
     the service sizes it to the generator actor's ``num_cpus``.
     """
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto" and backend != "musetalk":
-        raise InvalidParameterError(f"precision {precision!r} is only configurable for backend 'musetalk'")
+    allowed = {"musetalk": ("auto", "fp32", "fp16"), "wav2lip": ("auto", "fp32", "bf16")}.get(backend, ("auto",))
+    if precision not in allowed:
+        raise InvalidParameterError(f"precision {precision!r} is not available for backend {backend!r}"
+                                    f" (choose {', '.join(allowed)})")
+    if engine not in ENGINES:
+        raise InvalidParameterError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if backend in ("default", "mouth_warp"):
         from actors.generators.mouth_warp import MouthWarpGenerator
 
@@ -38,7 +46,8 @@ def make_generator(backend: str = "default", checkpoint: str | None = None, devi
             raise InvalidParameterError("backend 'wav2lip' needs a checkpoint path (--checkpoint X.pth or X.onnx)")
         from actors.generators.wav2lip import Wav2LipGenerator
 
-        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size, threads=threads)
+        return Wav2LipGenerator(checkpoint, device=device, batch_size=batch_size, threads=threads, engine=engine,
+                                precision="fp32" if precision == "auto" else precision)
     if backend == "musetalk":
         if not checkpoint:
             raise InvalidParameterError("backend 'musetalk' needs its models directory (--checkpoint DIR with "

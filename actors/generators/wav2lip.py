@@ -56,22 +56,24 @@ class Wav2LipGenerator:
     crop_geometry = PaddedBoxGeometry(CROP_SIZE)
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
-                 threads: int | None = None, mouth_window: bool = True):
+                 threads: int | None = None, mouth_window: bool = True, engine: str = "auto",
+                 precision: str = "fp32"):
         if int(batch_size) < 1:
             raise InvalidParameterError(f"wav2lip batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.checkpoint = str(checkpoint)
         needed = self.crop_geometry.source_window()
         self.runner = load_wav2lip(checkpoint, device=device, threads=threads,
-                                   window=needed if mouth_window else None)
+                                   window=needed if mouth_window else None, engine=engine, precision=precision)
         if not window_contains(self.runner.window, needed):
             raise ModelLoadError(
                 f"{os.path.basename(self.checkpoint)} decodes only crop window {format_window(self.runner.window)} "
                 f"but the paste reads {format_window(needed)}: export it again (lipserve export-onnx)",
                 path=self.checkpoint)
         self.window = self.runner.window  # None: the whole crop
-        self.backend = self.runner.backend
+        self.backend = self.runner.backend  # "torch" | "onnxruntime" | "openvino"
         self.device = self.runner.device
+        self.precision = getattr(self.runner, "precision", "fp32")
 
     def prepare_audio(self, samples_16k: np.ndarray, fps: Fraction, n_frames: int) -> np.ndarray:
         """Wav2Lip's mel windows, ``float32[n_frames,80,16]``."""

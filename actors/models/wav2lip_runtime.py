@@ -106,6 +106,22 @@ class TorchWav2LipRunner(Wav2LipRunner):
             return out.float().cpu().numpy()
 
 
+class OpenVinoWav2LipRunner(Wav2LipRunner):
+    backend = "openvino"
+
+    def __init__(self, path: Path, threads: int | None, precision: str):
+        from actors.models.wav2lip_openvino import OpenVinoSession
+
+        super().__init__(path)
+        self.session = OpenVinoSession(path, threads, precision)
+        self.window = self.session.window
+        self.precision = self.session.precision
+        self.providers = ["OpenVINO CPU"]
+
+    def _run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        return self.session.run(mel, face)
+
+
 class OnnxWav2LipRunner(Wav2LipRunner):
     backend = "onnxruntime"
 
@@ -159,13 +175,6 @@ def cpu_session_options(ort, threads: int | None, spin: bool = False):
     return opts
 
 
-def _openvino_provider(threads: int | None) -> tuple[str, dict[str, str]]:
-    options = {"device_type": "CPU", "precision": "FP32"}
-    if threads:
-        options["num_of_threads"] = str(int(threads))
-    return "OpenVINOExecutionProvider", options
-
-
 def _torch_sees_a_gpu() -> bool:
     import torch  # only asked on a CUDA request: the CPU path stays torch-free
 
@@ -183,17 +192,6 @@ def _onnx_session(path: Path, device: str, threads: int | None = None):
         log.warning("CUDAExecutionProvider listed but no usable GPU; running %s on CPU", path)
         want_cuda = False
     opts = cpu_session_options(ort, threads)
-    if device == "openvino":
-        # onnxruntime-openvino (the optional ``openvino`` extra) replaces onnxruntime-gpu's module.
-        if "OpenVINOExecutionProvider" not in available:
-            raise ModelLoadError(f"device 'openvino' needs the onnxruntime-openvino package (pip install "
-                                 f"'lipserve[openvino]'); this onnxruntime offers {', '.join(available)}",
-                                 path=str(path))
-        try:
-            return ort.InferenceSession(str(path), opts, providers=[_openvino_provider(threads), "CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load ONNX model {path} with OpenVINO: {type(exc).__name__}: {exc}",
-                                 path=str(path)) from exc
     if want_cuda:
         cuda_opts: dict[str, Any] = {}
         if device.startswith("cuda:"):
@@ -213,8 +211,30 @@ def _onnx_session(path: Path, device: str, threads: int | None = None):
         raise ModelLoadError(f"cannot load ONNX model {path}: {type(exc).__name__}: {exc}", path=str(path)) from exc
 
 
+ENGINES = ("auto", "onnxruntime", "openvino")
+
+
+def _cpu_engine(engine: str, device: str, path: Path) -> str:
+    """Which runtime runs an ONNX file: OpenVINO on CPU when installed (``auto``), else onnxruntime."""
+    from actors.models.wav2lip_openvino import openvino_available
+
+    if engine not in ENGINES:
+        raise ModelLoadError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}", path=str(path))
+    if device == "openvino":  # the older spelling of engine="openvino"
+        return "openvino"
+    if engine == "auto" and device == "auto" and not _torch_sees_a_gpu():
+        device = "cpu"
+    if engine == "auto":
+        return "openvino" if device == "cpu" and openvino_available() else "onnxruntime"
+    if engine == "openvino" and device != "cpu":
+        raise ModelLoadError(f"engine 'openvino' runs on the CPU; device {device!r} needs engine 'onnxruntime'",
+                             path=str(path))
+    return engine
+
+
 def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 window: tuple[int, int, int, int] | None = None) -> Wav2LipRunner:
+                 window: tuple[int, int, int, int] | None = None, engine: str = "auto",
+                 precision: str = "fp32") -> Wav2LipRunner:
     """Load a Wav2Lip generator for inference; see :class:`Wav2LipRunner` for the call convention.
 
     * ``.pth`` / ``.pt``: a public-format checkpoint (``{"state_dict": ...}``) or a raw state dict,
@@ -222,17 +242,25 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | No
     * ``.onnx``: run by onnxruntime, CUDA EP first when ``device`` is not "cpu" and a GPU is usable,
       else the CPU EP.
 
-    ``device``: "cpu", "cuda", "cuda:N", "auto", or "openvino" (``.onnx`` only, needs the optional
-    onnxruntime-openvino package). A CUDA request on a machine without a usable GPU logs a warning and
-    runs on CPU. ``threads``: CPU threads for the forward pass (onnxruntime intra-op threads, or
+    ``device``: "cpu", "cuda", "cuda:N", "auto", or "openvino" (= ``engine="openvino"``). A CUDA
+    request on a machine without a usable GPU logs a warning and runs on CPU. ``engine`` (``.onnx``):
+    "auto" runs a CPU model on OpenVINO when the ``openvino`` package is installed, else on
+    onnxruntime (CUDA always on onnxruntime). ``precision``: "fp32", or "bf16" on OpenVINO
+    (``wav2lip_openvino.py``). ``threads``: CPU threads for the forward pass (onnxruntime intra-op threads, or
     ``torch.set_num_threads`` for a CPU torch model); None keeps the runtime's default (all cores).
     ``window``: compute only this part of the crop (torch; an ONNX file declares its own window,
     ``lipserve export-onnx``). Every failure to load raises :class:`ModelLoadError` naming the file.
     """
     p = check_model_path(path)
+    device = (device or "cpu").lower()
+    if precision == "bf16" and not (p.suffix.lower() in ONNX_SUFFIXES and _cpu_engine(engine, device, p) == "openvino"):
+        raise ModelLoadError(f"precision 'bf16' needs an ONNX model on the OpenVINO CPU engine; {p.name} runs on "
+                             f"{'torch' if p.suffix.lower() not in ONNX_SUFFIXES else 'onnxruntime'}", path=str(p))
     if p.suffix.lower() in ONNX_SUFFIXES:
-        return OnnxWav2LipRunner(p, _onnx_session(p, (device or "cpu").lower(), threads))
-    if (device or "").lower() == "openvino":
+        if _cpu_engine(engine, device, p) == "openvino":
+            return OpenVinoWav2LipRunner(p, threads, precision)
+        return OnnxWav2LipRunner(p, _onnx_session(p, device, threads))
+    if device == "openvino":
         raise ModelLoadError(f"device 'openvino' runs ONNX models only; export {p.name} first (lipserve export-onnx)",
                              path=str(p))
     import torch

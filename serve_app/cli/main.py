@@ -46,6 +46,7 @@ def _cmd_render(args) -> int:
         prefer_nvenc=args.nvenc,
         batch_size=args.batch_size,
         threads=args.threads,
+        engine=args.engine,
     )
     if args.cache_dir:
         options.cache_dir = args.cache_dir
@@ -98,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default (weight-free), wav2lip or musetalk")
     r.add_argument("--checkpoint", help="generator weights: wav2lip .pth/.pt/.onnx, or the MuseTalk models "
                                         "directory (musetalkV15/, sd-vae/, whisper/)")
-    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
-                   help="MuseTalk: auto = fp16 on CUDA, fp32 on CPU")
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto = fp16 on CUDA, fp32 on CPU; fp16: MuseTalk; bf16: Wav2Lip .onnx on OpenVINO (option)")
+    r.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="what runs a Wav2Lip .onnx: auto = OpenVINO on CPU when installed, else onnxruntime")
     r.add_argument("--max-face-gap", type=float, default=1.0, metavar="SECONDS",
                    help="frames where the face detector misses the face for at most this long get "
                         "interpolated / held boxes (default 1 s); longer gaps pass through")
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--loop", action="store_true", help="loop the template when the audio is longer")
     mode.add_argument("--pingpong", action="store_true", help="ping-pong the template (default)")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "openvino"],
-                   help="openvino: onnxruntime-openvino's CPU provider (.onnx, optional extra)")
+                   help="openvino: the same as --engine openvino (CPU)")
     r.add_argument("--batch-size", type=int, default=32, help="generator frames per forward pass")
     r.add_argument("--threads", type=int, default=None,
                    help="generator CPU threads (default: the runtime's, one per core)")

@@ -171,7 +171,7 @@ def test_random_checkpoint_is_public_format_and_loads(models):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_export_matches_torch(models, batch):
     torch_runner = load_wav2lip(models["pth"])
-    onnx_runner = load_wav2lip(models["onnx"])
+    onnx_runner = load_wav2lip(models["onnx"], engine="onnxruntime")
     assert onnx_runner.backend == "onnxruntime"
     assert onnx_runner.providers == ["CPUExecutionProvider"] and onnx_runner.device == "cpu"
     mel, face = _inputs(batch, seed=batch)
@@ -281,9 +281,11 @@ def test_generator(models):
     expected = np.clip(ref.transpose(0, 2, 3, 1) * 255 + 0.5, 0, 255).astype(np.uint8)
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
     # ONNX-backed generator agrees to within one grey level.
-    onnx_gen = Wav2LipGenerator(models["onnx"], batch_size=4)  # a whole-crop export
-    assert onnx_gen.backend == "onnxruntime" and onnx_gen.window is None
-    assert np.abs(onnx_gen.generate(faces, mels).astype(int) - out.astype(int)).max() <= 1
+    for engine in ("onnxruntime", "openvino"):
+        onnx_gen = Wav2LipGenerator(models["onnx"], batch_size=4, engine=engine)  # a whole-crop export
+        assert onnx_gen.backend == engine and onnx_gen.window is None
+        assert np.abs(onnx_gen.generate(faces, mels).astype(int) - out.astype(int)).max() <= 1
+    assert Wav2LipGenerator(models["onnx"]).backend == "openvino"  # the default CPU engine (installed)
     assert gen.generate(faces[:0], mels[:0]).shape == (0, 96, 96, 3)
 
 
@@ -295,3 +297,29 @@ def test_generator_rejects_bad_shapes(models):
         gen.generate(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, 80, 16), np.float32))
     with pytest.raises(InvalidParameterError):
         gen.generate(np.zeros((2, 96, 96, 3), np.uint8), np.zeros((3, 80, 16), np.float32))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_openvino_engine_matches_onnxruntime(models, batch):
+    ov = load_wav2lip(models["onnx"], engine="openvino", threads=2)
+    ort_runner = load_wav2lip(models["onnx"], engine="onnxruntime")
+    assert ov.backend == "openvino" and ov.precision == "fp32" and ov.window is None
+    mel, face = _inputs(batch, seed=10 + batch)
+    got, ref = ov(mel, face), ort_runner(mel, face)
+    assert got.shape == (batch, 3, 96, 96) and got.dtype == np.float32
+    assert float(np.abs(got - ref).max()) < 1e-4  # fp32: the same sums, rounded in another order
+    assert load_wav2lip(models["onnx"], device="openvino").backend == "openvino"  # the older spelling
+
+
+def test_bf16_is_an_openvino_option_only(models):
+    mel, face = _inputs(2, seed=4)
+    bf16 = load_wav2lip(models["onnx"], engine="openvino", precision="bf16")
+    assert bf16.precision in ("bf16", "fp32")  # fp32 on a CPU without bf16 support
+    ref = load_wav2lip(models["onnx"], engine="openvino")(mel, face)
+    assert float(np.abs(bf16(mel, face) - ref).max()) < 0.05
+    for kwargs in ({"engine": "onnxruntime"}, {}):
+        path = models["onnx"] if kwargs else models["pth"]
+        with pytest.raises(ModelLoadError, match="bf16"):
+            load_wav2lip(path, precision="bf16", **kwargs)
+    with pytest.raises(ModelLoadError, match="unknown engine"):
+        load_wav2lip(models["onnx"], engine="tensorflow")
