@@ -112,6 +112,12 @@ class PipelineServer:
                 "writers": list(writers), "replica_actor": ray.get_runtime_context().get_actor_name(),
                 "node_id": self.node_id, "generator_node_id": default["node_id"]}
 
+    async def generator_info(self) -> list[dict]:
+        """For operators and tests: each generator actor's backend, engine, precision and window."""
+        infos = await asyncio.gather(*[g.info.remote() for g in self.actors.generators.values()])
+        return [{"backend": name, **{k: v for k, v in info.items() if k != "geometry"}}
+                for name, info in zip(self.actors.generators, infos)]
+
     async def check_health(self) -> None:
         # Async, so it runs on the event loop without blocking behind jobs; actors must answer.
         try:

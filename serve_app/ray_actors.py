@@ -54,8 +54,13 @@ class GeneratorActor:
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
         # Its own concurrency group: answers health checks while a long forward pass runs.
-        return {"pid": self.pid, "name": self.generator.name, "crop_size": self.generator.crop_size,
-                "geometry": self.generator.crop_geometry, "node_id": ray.get_runtime_context().get_node_id()}
+        g = self.generator
+        return {"pid": self.pid, "name": g.name, "crop_size": g.crop_size, "geometry": g.crop_geometry,
+                "node_id": ray.get_runtime_context().get_node_id(),
+                # What runs the forward pass (Wav2Lip: torch / onnxruntime / openvino, its precision and
+                # the decoded window of the crop), for operators; None where a backend has no such choice.
+                "engine": getattr(g, "backend", None), "precision": getattr(g, "precision", None),
+                "window": getattr(g, "window", None)}
 
     @ray.method(concurrency_group="control")
     def resources(self) -> dict:
