@@ -1,4 +1,4 @@
-"""Encoding: BGR frames -> one independent, closed-GOP H.264 segment (``join.py`` joins them with the audio).
+"""Encoding: BGR or yuv420p frames -> one independent, closed-GOP H.264 segment (``join.py`` joins them with the audio).
 
 Plain Python over PyAV (no Ray, no ffmpeg CLI).
 
@@ -15,7 +15,10 @@ limited range, and the stream is tagged accordingly (``colorspace=smpte170m, ran
 and decoders agree on the colours. The conversion is done with OpenCV (:func:`bgr_to_i420`), rounded
 to nearest: swscale's default bgr24 -> yuv420p path truncates (luma about -0.5, chroma about -1 level
 per conversion) and, with its equally biased yuv -> bgr path, made every decode/encode generation
-~2 levels darker. Chroma is the 2x2 box average (the same as swscale's).
+~2 levels darker. Chroma is the 2x2 box average (the same as swscale's). yuv420p input (an I420 array, or an
+``av.VideoFrame``) is taken to hold BT.601 limited-range samples already and is encoded as it is,
+with no conversion: the segment writer passes template frames that way and only converts the
+pasted face region (``actors/segment_writer.py``).
 """
 
 from __future__ import annotations
@@ -144,9 +147,32 @@ def bgr_to_i420(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width: int, height: int,
+def _video_frame(img, n: int, width: int, height: int, out_path: Path) -> av.VideoFrame:
+    """One input frame -> a yuv420p ``av.VideoFrame`` (BGR converted, yuv420p taken as it is)."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        if img.shape == (height, width, 3):
+            return av.VideoFrame.from_ndarray(bgr_to_i420(np.ascontiguousarray(img)), format="yuv420p")
+        if img.shape == (height * 3 // 2, width):
+            return av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="yuv420p")
+    if (isinstance(img, av.VideoFrame) and img.format.name == "yuv420p"
+            and (img.width, img.height) == (width, height)):
+        return img
+    if isinstance(img, np.ndarray):
+        got = f"{img.dtype} {img.shape}"
+    elif isinstance(img, av.VideoFrame):
+        got = f"a {img.format.name} {img.width}x{img.height} VideoFrame"
+    else:
+        got = type(img).__name__
+    raise InvalidParameterError(
+        f"{out_path}: frame {n} must be uint8 ({height}, {width}, 3) BGR or ({height * 3 // 2}, {width}) "
+        f"yuv420p, got {got}", path=str(out_path), stage=_STAGE)
+
+
+def encode_segment(frames: Iterable, out_path, fps: Fraction, width: int, height: int,
                    codec: str = "libx264", crf: int = 18, preset: str = "veryfast") -> int:
-    """Encode BGR uint8 ``height x width x 3`` frames as one independent H.264 MP4 segment.
+    """Encode frames as one independent H.264 MP4 segment. Each frame is BGR uint8
+    ``height x width x 3``, or yuv420p in BT.601 limited range: an I420 uint8
+    ``(height * 3 // 2, width)`` array (Y, U, V planes) or a yuv420p ``av.VideoFrame``.
 
     Streams the frames (one in memory at a time). Returns the number of frames written.
     """
@@ -171,12 +197,7 @@ def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width:
                 raise InternalError(f"{out_path}: cannot create the {codec} encoder: {exc}",
                                     path=str(out_path), stage=_STAGE) from exc
             for img in frames:
-                if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (height, width, 3):
-                    got = (f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__)
-                    raise InvalidParameterError(
-                        f"{out_path}: frame {n} must be uint8 ({height}, {width}, 3) BGR, got {got}",
-                        path=str(out_path), stage=_STAGE)
-                vf = av.VideoFrame.from_ndarray(bgr_to_i420(np.ascontiguousarray(img)), format="yuv420p")
+                vf = _video_frame(img, n, width, height, out_path)
                 vf.colorspace = _AVCOL_SPC_SMPTE170M
                 vf.color_range = _AVCOL_RANGE_MPEG
                 vf.pts = n
