@@ -68,11 +68,15 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-# x264 preset of the segments. "superfast" measured 40 % less CPU per 576x768 frame than
-# "veryfast" at CRF 18 with a higher PSNR against the source (48.3 vs 47.3 dB) and about 1.8x the
-# bytes (~1.7 Mbit/s at 576x768 25 fps); see bench/README.md. Paste + encode run beside the
-# generator on the same cores, so their CPU time is what limits the pipeline on a CPU machine.
-DEFAULT_PRESET = "superfast"
+# x264 settings of the segments: "ultrafast" plus sub-pel motion estimation (subme=1, which halves
+# ultrafast's bytes) and the deblocking filter. On the 576x768 presenter clip at CRF 18 it measured
+# ~25 % less encode CPU than "superfast" (~2.5 vs ~3.4 ms per frame), 0.95x the bytes, a higher PSNR
+# against the encoder's input (48.1 vs 47.4 dB) and the same SSIM (0.9921); on the 480x480 demo clip
+# 1.09x the bytes, +0.75 dB PSNR, -0.0004 SSIM (bench/bench_writer.py --x264). "superfast" had
+# replaced "veryfast" for 40 % less CPU (bench/README.md). Paste + encode run beside the generator
+# on the same cores, so their CPU time is what limits the pipeline on a CPU machine.
+DEFAULT_PRESET = "ultrafast"
+DEFAULT_X264_PARAMS = "subme=1:deblock=0,0"
 
 
 def paste_i420(geometry, frame: np.ndarray, box, generated: np.ndarray, *, color_match: bool,
@@ -92,15 +96,18 @@ def paste_i420(geometry, frame: np.ndarray, box, generated: np.ndarray, *, color
 class SegmentWriter:
     """``decode_threads``: the template decoder's threads (0: FFmpeg's automatic count; 1: decode on
     the writer's thread only). ``yuv_paste``: paste in YUV (see the module docstring); False keeps
-    every frame on the BGR path."""
+    every frame on the BGR path. ``x264_params``: extra x264 options on top of ``preset`` (None: ``DEFAULT_X264_PARAMS``
+    with the default preset, none with another)."""
 
     def __init__(self, codec: str = "libx264", crf: int = 18, preset: str = DEFAULT_PRESET, color_match: bool = True,
-                 decode_threads: int = 0, yuv_paste: bool = True):
+                 decode_threads: int = 0, yuv_paste: bool = True, x264_params: str | None = None):
         if int(decode_threads) < 0:
             raise InvalidParameterError(f"decode_threads must be >= 0, got {decode_threads}")
         self.codec = codec
         self.crf = crf
         self.preset = preset
+        # The default params belong to the default preset: another preset gets none unless asked.
+        self.x264_params = (DEFAULT_X264_PARAMS if preset == DEFAULT_PRESET else "") if x264_params is None else x264_params
         self.color_match = color_match
         # One open decoder, continued from segment to segment (see actors/media/frame_cursor.py).
         self._cursor = FrameCursor(keep_yuv420p=yuv_paste, decode_threads=int(decode_threads))
@@ -162,7 +169,8 @@ class SegmentWriter:
         w, h = even_size(avatar.info.width, avatar.info.height)
         stop.check(_STAGE)
         return encode_segment(self._composited(avatar, sources, present, generated, stop), out_path,
-                              avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset)
+                              avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset,
+                              x264_params=self.x264_params)
 
     def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction,
                  stop: Stop = NEVER) -> None:

@@ -70,8 +70,8 @@ def bench_writer(work: Path, repeat: int) -> None:
     from bench.presenter import prepare
 
     inputs = prepare(work)
-    cache_dir = Path(tempfile.mkdtemp(prefix="bench-writer-"))
-    cache = AvatarCache(cache_dir / "cache")
+    cache_dir = tempfile.TemporaryDirectory(prefix="bench-writer-")
+    cache = AvatarCache(Path(cache_dir.name) / "cache")
     n = inputs.frames
     print(f"template: {inputs.template}  ({n} frames, 576x768)   cpus: {os.cpu_count()}")
     for kw in ({}, {"keep_yuv420p": True}, {"keep_yuv420p": True, "decode_threads": 1}):
@@ -80,9 +80,10 @@ def bench_writer(work: Path, repeat: int) -> None:
         except TypeError:  # an older tree without these options
             continue
         print(f"decode only {kw or '(BGR, AUTO threads)'}: {ms:.2f} CPU ms/frame")
-    variants = [("BGR path (before)", {"yuv_paste": False}),
-                ("paste in YUV, AUTO decode threads", {"yuv_paste": True}),
-                ("paste in YUV, 1 decode thread", {"yuv_paste": True, "decode_threads": 1})]
+    variants = [("BGR path, superfast (before)", {"yuv_paste": False, "preset": "superfast"}),
+                ("paste in YUV, superfast", {"yuv_paste": True, "preset": "superfast"}),
+                ("paste in YUV, default x264, AUTO decode", {}),
+                ("paste in YUV, default x264, 1 decode thr", {"decode_threads": 1})]
     for geometry in (PaddedBoxGeometry(96), MuseTalkGeometry()):
         avatar = cache.get_or_build(inputs.template, AvatarParams(box=inputs.box, geometry=geometry))
         generated = _generated(avatar)
@@ -91,18 +92,33 @@ def bench_writer(work: Path, repeat: int) -> None:
             try:
                 SegmentWriter(**kw)
             except TypeError:
-                kw = {}  # before the change: the only path there is
+                kw = {"preset": "superfast"}  # before the change: the only path there is
             cpu, wall, size = [], [], 0
             for _ in range(repeat):
                 with tempfile.TemporaryDirectory() as tmp:
                     c, w, size = _run(SegmentWriter(**kw), avatar, generated, Path(tmp))
                 cpu.append(c)
                 wall.append(w)
-            print(f"  {label:38s} CPU {statistics.median(cpu) / n * 1e3:5.2f} ms/frame "
+            print(f"  {label:42s} CPU {statistics.median(cpu) / n * 1e3:5.2f} ms/frame "
                   f"(min {min(cpu) / n * 1e3:5.2f})  wall {statistics.median(wall) / n * 1e3:5.2f} ms/frame  "
                   f"{size / 1e6:.2f} MB")
-            if not kw:
+            if "yuv_paste" not in kw and kw.get("preset") == "superfast":
                 break
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two luma planes (Gaussian window 11, sigma 1.5, as in Wang et al.)."""
+    import cv2
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(x):
+        return cv2.GaussianBlur(x, (11, 11), 1.5)
+
+    ma, mb = blur(a), blur(b)
+    va, vb, cov = blur(a * a) - ma * ma, blur(b * b) - mb * mb, blur(a * b) - ma * mb
+    return float((((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))).mean())
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,14 +126,14 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def bench_x264(work: Path, repeat: int) -> None:
+def bench_x264(work: Path, repeat: int, clip: str | None = None) -> None:
     import av
 
     from actors.media import encode
     from bench.presenter import prepare
 
-    inputs = prepare(work)
-    with av.open(inputs.template) as c:
+    clip = clip or prepare(work).template
+    with av.open(str(clip)) as c:
         frames = [f.to_ndarray() for f in c.decode(c.streams.video[0])]  # I420, the writer's input
     h, w = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
     fps = 25
@@ -126,41 +142,28 @@ def bench_x264(work: Path, repeat: int) -> None:
         ("ultrafast", "ultrafast", ""),
         ("ultrafast+cabac", "ultrafast", "cabac=1"),
         ("ultrafast+cabac+8x8dct", "ultrafast", "cabac=1:8x8dct=1"),
-        ("ultrafast+cabac+8x8dct+deblock", "ultrafast", "cabac=1:8x8dct=1:deblock=1,0:0"),
-        ("ultrafast+cabac+8x8dct+i8x8/i4x4", "ultrafast", "cabac=1:8x8dct=1:partitions=i8x8,i4x4"),
-        ("ultrafast+cabac+8x8dct+p8x8", "ultrafast", "cabac=1:8x8dct=1:partitions=i8x8,i4x4,p8x8"),
-        ("ultrafast+cabac+8x8dct+me=dia+subme1", "ultrafast", "cabac=1:8x8dct=1:me=dia:subme=1"),
-        ("ultrafast+cabac+8x8dct+subme1+ref1", "ultrafast",
-         "cabac=1:8x8dct=1:me=dia:subme=1:partitions=i8x8,i4x4:deblock=1,0:0"),
-        ("superfast-no-mbtree", "superfast", "mbtree=0"),
+        ("ultrafast+subme1", "ultrafast", "subme=1"),  # sub-pel motion: halves the bytes
+        ("ultrafast+subme1+cabac", "ultrafast", "subme=1:cabac=1"),
+        ("ultrafast+subme1+deblock", "ultrafast", "subme=1:deblock=0,0"),
+        ("ultrafast+subme1+8x8dct+deblock", "ultrafast", "subme=1:8x8dct=1:deblock=0,0"),
+        ("ultrafast+subme1+deblock+aq", "ultrafast", "subme=1:deblock=0,0:aq-mode=1"),
     ]
-    print(f"\nx264 at CRF 18 on {len(frames)} frames {w}x{h} (I420 in, encode only; PSNR vs the decoded template):")
+    print(f"\nx264 at CRF 18 on {clip}: {len(frames)} frames {w}x{h} (I420 in, encode only; PSNR vs the decoded template):")
     for label, preset, params in candidates:
         times, size = [], 0
         for _ in range(repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "x.mp4"
-                original = encode._encoder_options
-
-                def options(codec, crf, p, _extra=params):
-                    opts = original(codec, crf, p)
-                    if _extra:
-                        opts["x264-params"] = opts["x264-params"] + ":" + _extra
-                    return opts
-
-                encode._encoder_options = options
-                try:
-                    c0 = time.process_time()
-                    encode.encode_segment(iter(frames), out, fps, w, h, crf=18, preset=preset)
-                    times.append(time.process_time() - c0)
-                finally:
-                    encode._encoder_options = original
+                c0 = time.process_time()
+                encode.encode_segment(iter(frames), out, fps, w, h, crf=18, preset=preset, x264_params=params)
+                times.append(time.process_time() - c0)
                 size = out.stat().st_size
                 with av.open(str(out)) as c:
                     decoded = [f.to_ndarray() for f in c.decode(c.streams.video[0])]
         y_psnr = statistics.mean(_psnr(a[:h], b[:h]) for a, b in zip(decoded, frames))
-        print(f"  {label:40s} {min(times) / len(frames) * 1e3:5.2f} CPU ms/frame  {size / 1e6:5.2f} MB  "
-              f"Y-PSNR {y_psnr:5.2f} dB")
+        y_ssim = statistics.mean(_ssim(a[:h], b[:h]) for a, b in zip(decoded[::5], frames[::5]))
+        print(f"  {label:34s} {min(times) / len(frames) * 1e3:5.2f} CPU ms/frame  {size / 1e6:5.2f} MB  "
+              f"Y-PSNR {y_psnr:5.2f} dB  Y-SSIM {y_ssim:.5f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--x264", action="store_true", help="also compare x264 presets/params")
     ap.add_argument("--x264-only", action="store_true")
+    ap.add_argument("--x264-clip", default=None, help="clip for --x264 (default: the presenter clip)")
     a = ap.parse_args(argv)
     if not a.x264_only:
         bench_writer(Path(a.work), a.repeat)
     if a.x264 or a.x264_only:
-        bench_x264(Path(a.work), a.repeat)
+        bench_x264(Path(a.work), a.repeat, a.x264_clip)
     return 0
 
 
