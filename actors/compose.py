@@ -6,6 +6,8 @@
 * :func:`composite` - blend a generated crop back into the frame through that mask, after a
   per-channel colour transfer; every pixel where the mask is 0 (the upper face, the crop's borders
   and everything outside the box) stays byte-identical to the input frame.
+* :func:`paste_bounds` - the rectangle :func:`composite` reads and writes for a box (the mask's
+  non-zero part); ``composite(..., window=...)`` pastes into just that part of a frame.
 
 All images are ``uint8`` BGR ``H x W x 3``. Boxes are ``(x1, y1, x2, y2)`` with exclusive ends.
 """
@@ -21,7 +23,8 @@ import numpy as np
 
 from actors.errors import InvalidParameterError
 
-__all__ = ["crop_box", "extract_crop", "lower_face_mask", "composite", "color_transfer", "paste_source_window"]
+__all__ = ["crop_box", "extract_crop", "lower_face_mask", "composite", "color_transfer", "paste_bounds",
+           "paste_source_window"]
 
 # Mask geometry, as fractions of the crop: an ellipse centred 72 % down, 60 % wide, 44 % high, so its
 # top touches the middle row and its bottom stays 6 % above the bottom edge.
@@ -61,8 +64,9 @@ def crop_box(box: Sequence[float], frame_w: int, frame_h: int,
     return cx1, cy1, cx2, cy2
 
 
-def _int_box(box: Sequence[float], frame: np.ndarray) -> tuple[int, int, int, int]:
-    h, w = frame.shape[:2]
+def _int_box(box: Sequence[float], frame: np.ndarray | tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box rounded and clipped to the frame (an image, or its ``(w, h)``)."""
+    w, h = (frame.shape[1], frame.shape[0]) if isinstance(frame, np.ndarray) else (int(frame[0]), int(frame[1]))
     x1, y1, x2, y2 = (int(round(float(v))) for v in list(box)[:4])
     x1, x2 = max(0, x1), min(w, x2)
     y1, y2 = max(0, y1), min(h, y2)
@@ -162,21 +166,32 @@ def color_transfer(src: np.ndarray, ref: np.ndarray, weight: np.ndarray, max_gai
     over ``weight > 0.5``; returns float32 (unclipped). The std gain is limited to
     ``[1/max_gain, max_gain]`` so a flat region cannot blow the colours up."""
     sel = weight > 0.5
-    if sel.sum() < 4:
+    if np.count_nonzero(sel) < 4:
         return src.astype(np.float32)
-    s = src[sel].astype(np.float64)
-    r = ref[sel].astype(np.float64)
-    s_mean, s_std = s.mean(axis=0), s.std(axis=0)
-    r_mean, r_std = r.mean(axis=0), r.std(axis=0)
+    # cv2.meanStdDev accumulates in double like numpy's mean/std (population std), ~50x faster
+    # than boolean indexing; the two agree to ~1e-13.
+    sel8 = np.ascontiguousarray(sel).view(np.uint8)
+    s_mean, s_std = (v.ravel() for v in cv2.meanStdDev(np.ascontiguousarray(src, np.float32), mask=sel8))
+    r_mean, r_std = (v.ravel() for v in cv2.meanStdDev(np.ascontiguousarray(ref, np.float32), mask=sel8))
     gain = np.where(s_std > 1e-3, r_std / np.maximum(s_std, 1e-3), 1.0)
     gain = np.clip(gain, 1.0 / max_gain, max_gain)
     out = (src.astype(np.float64) - s_mean) * gain + r_mean
     return out.astype(np.float32)
 
 
+def paste_bounds(box: Sequence[float], frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
+    """``(x1, y1, x2, y2)``: the part of a ``frame_w x frame_h`` frame that :func:`composite` with
+    the default mask reads or changes for ``box`` (the bounding rectangle of the mask's non-zero
+    part); empty (``x2 <= x1``) when the mask is all zero."""
+    x1, y1, x2, y2 = _int_box(box, (frame_w, frame_h))
+    _, (r0, r1, c0, c1) = _cached_mask(y2 - y1, x2 - x1)
+    return x1 + c0, y1 + r0, x1 + c1, y1 + r1
+
+
 def composite(frame: np.ndarray, box: Sequence[float], generated_crop: np.ndarray,
               original_crop: np.ndarray | None = None, color_match: bool = True,
-              mask: np.ndarray | None = None, inplace: bool = False) -> np.ndarray:
+              mask: np.ndarray | None = None, inplace: bool = False,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Blend ``generated_crop`` into ``frame`` at ``box`` and return a new frame.
 
     The crop is resized to the box, optionally colour-matched (per-channel mean/std over the mask's
@@ -189,10 +204,20 @@ def composite(frame: np.ndarray, box: Sequence[float], generated_crop: np.ndarra
     All the per-pixel work is done on the bounding rectangle of the mask's non-zero part only
     (about a quarter of the box with the default mask); the colour statistics are taken over the
     mask's core, which lies inside it, so the result is the same as over the whole box.
+
+    ``window = (x, y, frame_w, frame_h)``: ``frame`` is only the part of a ``frame_w x frame_h``
+    frame whose top-left pixel is ``(x, y)``, and ``box`` is in the whole frame's coordinates. The
+    part must hold the mask's non-zero rectangle (:func:`paste_bounds`); the pasted pixels are
+    then exactly those of a paste into the whole frame. Lets a caller convert only that part.
     """
     _check_image(frame, "frame")
     _check_image(generated_crop, "generated crop")
-    x1, y1, x2, y2 = _int_box(box, frame)
+    if window is None:
+        ox, oy = 0, 0
+        x1, y1, x2, y2 = _int_box(box, frame)
+    else:
+        ox, oy, full_w, full_h = (int(v) for v in window)
+        x1, y1, x2, y2 = _int_box(box, (full_w, full_h))
     bw, bh = x2 - x1, y2 - y1
     gh, gw = generated_crop.shape[:2]
     if mask is None:
@@ -208,6 +233,12 @@ def composite(frame: np.ndarray, box: Sequence[float], generated_crop: np.ndarra
     out = frame if inplace else frame.copy()
     if r1 <= r0 or c1 <= c0:  # an all-zero mask changes nothing
         return out
+    # From here on in the coordinates of ``frame`` (a part of the whole frame with a window).
+    x1, y1 = x1 - ox, y1 - oy
+    fh, fw = frame.shape[:2]
+    if x1 + c0 < 0 or y1 + r0 < 0 or x1 + c1 > fw or y1 + r1 > fh:
+        raise InvalidParameterError(
+            f"the {fw}x{fh} window at {(ox, oy)} does not hold the paste region of box {tuple(box)}")
     interp = cv2.INTER_AREA if (gw > bw and gh > bh) else cv2.INTER_CUBIC
     gen = cv2.resize(generated_crop, (bw, bh), interpolation=interp)[r0:r1, c0:c1].astype(np.float32)
     m = m_full[r0:r1, c0:c1]

@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from actors.compose import composite, crop_box, extract_crop, paste_source_window
+from actors.compose import composite, crop_box, extract_crop, paste_bounds, paste_source_window
 from actors.errors import InvalidParameterError
 
 Box = tuple[int, int, int, int]
@@ -39,9 +39,14 @@ class CropGeometry(Protocol):
     def crop_box(self, face_box: Sequence[float], frame_w: int, frame_h: int,
                  landmarks: np.ndarray | None = None) -> Box: ...  # landmarks: the tracker's 5 points
     def extract(self, frame: np.ndarray, box: Sequence[int]) -> np.ndarray: ...
+    # inplace: the frame may be written into. window = (x, y, frame_w, frame_h): ``frame`` is only
+    # the part of a frame_w x frame_h frame starting at pixel (x, y), holding paste_region(box);
+    # box and mask are as for the whole frame, and the part comes out as that part of a whole paste.
     def paste(self, frame: np.ndarray, box: Sequence[int], generated: np.ndarray, *,
               color_match: bool = True, mask: np.ndarray | None = None,
-              inplace: bool = False) -> np.ndarray: ...  # inplace: the frame may be written into
+              inplace: bool = False, window: tuple[int, int, int, int] | None = None) -> np.ndarray: ...
+    # (x1, y1, x2, y2) in the frame: paste reads and changes no pixel outside it (may be empty).
+    def paste_region(self, box: Sequence[int], frame_w: int, frame_h: int) -> Box: ...
     def describe(self) -> dict: ...
     # Per-frame paste masks, for geometries whose mask depends on the frame's content: None, or a
     # function (frame, box) -> uint8[side, side] with side = mask_side(box), run at avatar build.
@@ -72,8 +77,11 @@ class PaddedBoxGeometry:
         return extract_crop(frame, box, self.crop_size)
 
     def paste(self, frame, box, generated, *, color_match: bool = True, mask=None,
-              inplace: bool = False) -> np.ndarray:
-        return composite(frame, box, generated, color_match=color_match, inplace=inplace)
+              inplace: bool = False, window=None) -> np.ndarray:
+        return composite(frame, box, generated, color_match=color_match, inplace=inplace, window=window)
+
+    def paste_region(self, box, frame_w, frame_h) -> Box:
+        return paste_bounds(box, frame_w, frame_h)  # the feathered ellipse's bounding rectangle
 
     def source_window(self) -> tuple[int, int, int, int]:
         """``(r0, r1, c0, c1)`` of the generated crop that :meth:`paste` reads (the rest may hold
@@ -129,16 +137,28 @@ class MuseTalkGeometry:
         return musetalk_extract(frame, box)
 
     def paste(self, frame, box, generated, *, color_match: bool = True, mask=None,
-              inplace: bool = False) -> np.ndarray:
+              inplace: bool = False, window=None) -> np.ndarray:
         # The reference pastes without a colour transfer; ``color_match`` is the writer's default
         # for the padded geometry and does not apply here. Always returns a new frame.
-        from actors.face.musetalk_blend import blend_mask, paste
+        from actors.face.musetalk_blend import box_alpha, paste
 
+        if window is not None:
+            # The blend square and its alpha move with the box; the part outside ``frame`` is
+            # skipped by the paste, and the alpha is 0 there (paste_region).
+            x, y = int(window[0]), int(window[1])
+            box = tuple(int(v) for v in box)
+            box = (box[0] - x, box[1] - y, box[2] - x, box[3] - y)
         if mask is not None:
             alpha = np.asarray(mask, np.float32) / np.float32(255.0)
         else:
-            alpha = blend_mask(frame, box, None, blur_ratio=self.blur_ratio)
+            alpha = box_alpha(tuple(int(v) for v in box), float(self.blur_ratio))  # depends on the box only
         return paste(frame, generated, box, alpha)
+
+    def paste_region(self, box, frame_w, frame_h) -> Box:
+        from actors.face.musetalk_blend import alpha_bounds
+
+        # Stored masks exist only with parsing weights (make_masker); without, the tighter bound.
+        return alpha_bounds(box, frame_w, frame_h, self.blur_ratio, parsed=self.parsing_dir is not None)
 
     def describe(self) -> dict:
         return _describe(self)

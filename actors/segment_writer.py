@@ -6,6 +6,16 @@ with the avatar's crop geometry (the backend's own blend mask), and encodes a cl
 segment. Writing the same segment twice produces the same file, atomically replaced, so a retried
 call is harmless.
 
+Paste in YUV (``yuv_paste``, the default): template frames that are 8-bit yuv420p BT.601 limited
+range - the segments' own format - are decoded to I420 planes and never converted as a whole. Only
+the rectangle the paste can touch (``CropGeometry.paste_region``, grown to even coordinates so it
+covers whole chroma blocks) is converted to BGR, pasted (``paste(..., window=...)``), converted back
+with the encoder's maths and written into the planes, which go to the encoder as they are. Every
+other pixel keeps the template's decoded samples exactly (the BGR path's yuv -> bgr -> yuv round
+trip moved them by up to a level); the pasted pixels are those of the BGR path (see
+``actors/media/i420.py`` for why a sub-rectangle converts like the whole frame). Other templates
+(full range, BT.709, 4:4:4, 10-bit, odd sizes) take the BGR path, frame by frame.
+
 ``stop`` (``actors/stop_token.py``; anything with ``check(stage)``) is checked before every frame
 decoded or encoded: a stopped attempt's call ends within one frame with ``CancelledError`` and
 leaves no file (the atomic write removes its temp file).
@@ -25,6 +35,7 @@ from actors.avatar import Avatar
 from actors.errors import InvalidParameterError
 from actors.media.encode import encode_segment
 from actors.media.frame_cursor import FrameCursor
+from actors.media.i420 import even_rect, frame_size, region_to_bgr, write_region
 from actors.media.join import join_segments
 
 
@@ -57,21 +68,49 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-# x264 preset of the segments. "superfast" measured 40 % less CPU per 576x768 frame than
-# "veryfast" at CRF 18 with a higher PSNR against the source (48.3 vs 47.3 dB) and about 1.8x the
-# bytes (~1.7 Mbit/s at 576x768 25 fps); see bench/README.md. Paste + encode run beside the
-# generator on the same cores, so their CPU time is what limits the pipeline on a CPU machine.
-DEFAULT_PRESET = "superfast"
+# x264 settings of the segments: "ultrafast" plus sub-pel motion estimation (subme=1, which halves
+# ultrafast's bytes) and the deblocking filter. On the 576x768 presenter clip at CRF 18 it measured
+# ~25 % less encode CPU than "superfast" (~2.5 vs ~3.4 ms per frame), 0.95x the bytes, a higher PSNR
+# against the encoder's input (48.1 vs 47.4 dB) and the same SSIM (0.9921); on the 480x480 demo clip
+# 1.09x the bytes, +0.75 dB PSNR, -0.0004 SSIM (bench/bench_writer.py --x264). "superfast" had
+# replaced "veryfast" for 40 % less CPU (bench/README.md). Paste + encode run beside the generator
+# on the same cores, so their CPU time is what limits the pipeline on a CPU machine.
+DEFAULT_PRESET = "ultrafast"
+DEFAULT_X264_PARAMS = "subme=1:deblock=0,0"
+
+
+def paste_i420(geometry, frame: np.ndarray, box, generated: np.ndarray, *, color_match: bool,
+               mask: np.ndarray | None, inplace: bool) -> np.ndarray:
+    """``geometry.paste`` into an I420 frame, converting only the rectangle the paste touches."""
+    w, h = frame_size(frame)
+    x1, y1, x2, y2 = even_rect(geometry.paste_region(box, w, h), w, h)
+    if x2 <= x1 or y2 <= y1:  # the paste changes nothing
+        return frame
+    part = geometry.paste(region_to_bgr(frame, (x1, y1, x2, y2)), box, generated, color_match=color_match,
+                          mask=mask, inplace=True, window=(x1, y1, w, h))
+    out = frame if inplace else frame.copy()
+    write_region(out, (x1, y1, x2, y2), part)
+    return out
 
 
 class SegmentWriter:
-    def __init__(self, codec: str = "libx264", crf: int = 18, preset: str = DEFAULT_PRESET, color_match: bool = True):
+    """``decode_threads``: the template decoder's threads (0: FFmpeg's automatic count; 1: decode on
+    the writer's thread only). ``yuv_paste``: paste in YUV (see the module docstring); False keeps
+    every frame on the BGR path. ``x264_params``: extra x264 options on top of ``preset`` (None: ``DEFAULT_X264_PARAMS``
+    with the default preset, none with another)."""
+
+    def __init__(self, codec: str = "libx264", crf: int = 18, preset: str = DEFAULT_PRESET, color_match: bool = True,
+                 decode_threads: int = 0, yuv_paste: bool = True, x264_params: str | None = None):
+        if int(decode_threads) < 0:
+            raise InvalidParameterError(f"decode_threads must be >= 0, got {decode_threads}")
         self.codec = codec
         self.crf = crf
         self.preset = preset
+        # The default params belong to the default preset: another preset gets none unless asked.
+        self.x264_params = (DEFAULT_X264_PARAMS if preset == DEFAULT_PRESET else "") if x264_params is None else x264_params
         self.color_match = color_match
         # One open decoder, continued from segment to segment (see actors/media/frame_cursor.py).
-        self._cursor = FrameCursor()
+        self._cursor = FrameCursor(keep_yuv420p=yuv_paste, decode_threads=int(decode_threads))
         self._cursor_lock = threading.Lock()
 
     def _template_frames(self, avatar: Avatar, sources: np.ndarray, stop: Stop) -> dict[int, np.ndarray]:
@@ -108,11 +147,15 @@ class SegmentWriter:
             if has_face:
                 # The decoded frame is ours: paste into it unless a later frame of this segment
                 # shows the same template frame again (ping-pong / loop turns).
-                frame = avatar.geometry.paste(frame, boxes[src], generated[k], color_match=self.color_match,
-                                              mask=None if masks is None else masks[src],
-                                              inplace=uses_left[src] == 0)
+                kw = dict(color_match=self.color_match, mask=None if masks is None else masks[src],
+                          inplace=uses_left[src] == 0)
+                if frame.ndim == 2:
+                    frame = paste_i420(avatar.geometry, frame, boxes[src], generated[k], **kw)
+                else:
+                    frame = avatar.geometry.paste(frame, boxes[src], generated[k], **kw)
                 k += 1
-            yield frame if frame.shape[:2] == (h, w) else np.ascontiguousarray(frame[:h, :w])
+            # I420 frames have even sizes (odd ones take the BGR path): they fit as they are.
+            yield frame if frame.ndim == 2 or frame.shape[:2] == (h, w) else np.ascontiguousarray(frame[:h, :w])
 
     def write_segment(self, avatar: Avatar, sources: np.ndarray, present: np.ndarray,
                       generated: np.ndarray, out_path: str | os.PathLike, stop: Stop = NEVER) -> int:
@@ -126,7 +169,8 @@ class SegmentWriter:
         w, h = even_size(avatar.info.width, avatar.info.height)
         stop.check(_STAGE)
         return encode_segment(self._composited(avatar, sources, present, generated, stop), out_path,
-                              avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset)
+                              avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset,
+                              x264_params=self.x264_params)
 
     def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction,
                  stop: Stop = NEVER) -> None:

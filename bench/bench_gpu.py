@@ -82,6 +82,9 @@ def wav2lip_by_batch(inp, work: Path) -> dict:
     torch.cuda.reset_peak_memory_stats()
     res["torch_fp16"] = sweep(load_wav2lip(inp.checkpoint, "cuda"))
     res["torch_fp16_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    from actors.models.wav2lip_window import MOUTH_WINDOW
+
+    res["torch_fp16_mouth_window"] = sweep(load_wav2lip(inp.checkpoint, "cuda", window=MOUTH_WINDOW))
     torch.cuda.empty_cache()
     before = _device_used_mib()
     ort_runner = load_wav2lip(inp.onnx, "cuda")

@@ -97,6 +97,37 @@ def _i420_matrix_to_bgr(i420: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return cv2.transform(yuv, matrix)
 
 
+def i420_to_bgr(i420: np.ndarray, colorspace: int = _AVCOL_SPC_UNSPECIFIED, full_range: bool = False) -> np.ndarray:
+    """A yuv420p ``(h*3/2, w)`` uint8 array (even ``h``, ``w``) -> BGR, rounded to nearest.
+
+    ``colorspace`` is an AVColorSpace handled here (untagged, BT.601 or BT.709). Every output pixel
+    depends on its own luma sample and its 2x2 block's chroma only, so converting a sub-rectangle
+    aligned to even coordinates gives the same pixels as converting the whole frame (up to the
+    choice below between OpenCV's BT.601 path and the exact matrix, which agree to within a level).
+    """
+    h = i420.shape[0] * 2 // 3
+    if (not full_range and _MATRIX_KR_KB[colorspace] == (0.299, 0.114)
+            and int(i420[:h].min()) >= 16):
+        # BT.601 limited: OpenCV's own conversion (fastest). It clamps Y below 16 up to 16
+        # before the matrix, which is wrong for sub-black pixels with colour: those frames take
+        # the exact matrix path below.
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
+    return _i420_matrix_to_bgr(i420, _YUV_TO_BGR[(colorspace, full_range)])
+
+
+def is_bt601_limited_i420(frame) -> bool:
+    """Whether a decoded frame is 8-bit yuv420p, even-sized, in BT.601 (or untagged) limited range:
+    exactly the samples ``actors/media/encode.py`` writes and tags, so they can be kept as they are."""
+    try:
+        color_range = int(frame.color_range)
+        colorspace = int(frame.colorspace)
+    except Exception:  # pragma: no cover
+        return False
+    return (frame.format.name == "yuv420p" and color_range != _AVCOL_RANGE_JPEG
+            and _MATRIX_KR_KB.get(colorspace) == (0.299, 0.114)
+            and frame.width > 0 and frame.height > 0 and frame.width % 2 == 0 and frame.height % 2 == 0)
+
+
 def yuv_to_bgr(frame) -> np.ndarray:
     """A decoded video frame as BGR uint8 ``h x w x 3``, every sample rounded to nearest.
 
@@ -113,14 +144,7 @@ def yuv_to_bgr(frame) -> np.ndarray:
     if (fmt in ("yuv420p", "yuvj420p") and colorspace in _MATRIX_KR_KB
             and frame.width % 2 == 0 and frame.height % 2 == 0 and frame.width > 0 and frame.height > 0):
         full = fmt == "yuvj420p" or color_range == _AVCOL_RANGE_JPEG
-        i420 = frame.to_ndarray()
-        if (not full and _MATRIX_KR_KB[colorspace] == (0.299, 0.114)
-                and int(i420[:frame.height].min()) >= 16):
-            # BT.601 limited: OpenCV's own conversion (fastest). It clamps Y below 16 up to 16
-            # before the matrix, which is wrong for sub-black pixels with colour: those frames take
-            # the exact matrix path below.
-            return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
-        return _i420_matrix_to_bgr(i420, _YUV_TO_BGR[(colorspace, full)])
+        return i420_to_bgr(frame.to_ndarray(), colorspace, full)
     kwargs = {"interpolation": _SWS_ACCURATE}
     if color_range:
         kwargs["src_color_range"] = color_range

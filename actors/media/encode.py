@@ -1,4 +1,4 @@
-"""Encoding: BGR frames -> one independent, closed-GOP H.264 segment (``join.py`` joins them with the audio).
+"""Encoding: BGR or yuv420p frames -> one independent, closed-GOP H.264 segment (``join.py`` joins them with the audio).
 
 Plain Python over PyAV (no Ray, no ffmpeg CLI).
 
@@ -15,7 +15,10 @@ limited range, and the stream is tagged accordingly (``colorspace=smpte170m, ran
 and decoders agree on the colours. The conversion is done with OpenCV (:func:`bgr_to_i420`), rounded
 to nearest: swscale's default bgr24 -> yuv420p path truncates (luma about -0.5, chroma about -1 level
 per conversion) and, with its equally biased yuv -> bgr path, made every decode/encode generation
-~2 levels darker. Chroma is the 2x2 box average (the same as swscale's).
+~2 levels darker. Chroma is the 2x2 box average (the same as swscale's). yuv420p input (an I420 array, or an
+``av.VideoFrame``) is taken to hold BT.601 limited-range samples already and is encoded as it is,
+with no conversion: the segment writer passes template frames that way and only converts the
+pasted face region (``actors/segment_writer.py``).
 """
 
 from __future__ import annotations
@@ -67,10 +70,11 @@ def check_fps(fps) -> Fraction:
     return fps
 
 
-def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+def _encoder_options(codec: str, crf: int, preset: str, x264_params: str = "") -> dict[str, str]:
     if codec == "libx264":
         # open_gop=0 is x264's default; say it anyway: each segment must be a closed GOP.
-        return {"crf": str(crf), "preset": str(preset), "bf": "0", "x264-params": "open_gop=0"}
+        params = "open_gop=0" + (f":{x264_params}" if x264_params else "")
+        return {"crf": str(crf), "preset": str(preset), "bf": "0", "x264-params": params}
     if codec.endswith("_nvenc"):
         # NVENC has its own preset names (p1..p7); constant-quality VBR is the CRF analogue.
         return {"preset": "p4", "tune": "hq", "rc": "vbr", "cq": str(crf), "b": "0", "bf": "0"}
@@ -78,7 +82,7 @@ def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
 
 
 def _open_video_encoder_stream(out, codec: str, fps: Fraction, width: int, height: int,
-                               crf: int, preset: str):
+                               crf: int, preset: str, x264_params: str = ""):
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     cc = stream.codec_context
@@ -86,7 +90,7 @@ def _open_video_encoder_stream(out, codec: str, fps: Fraction, width: int, heigh
     cc.max_b_frames = 0
     cc.colorspace = _AVCOL_SPC_SMPTE170M
     cc.color_range = _AVCOL_RANGE_MPEG
-    cc.options = _encoder_options(codec, crf, preset)
+    cc.options = _encoder_options(codec, crf, preset, x264_params)
     return stream
 
 
@@ -144,10 +148,34 @@ def bgr_to_i420(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width: int, height: int,
-                   codec: str = "libx264", crf: int = 18, preset: str = "veryfast") -> int:
-    """Encode BGR uint8 ``height x width x 3`` frames as one independent H.264 MP4 segment.
+def _video_frame(img, n: int, width: int, height: int, out_path: Path) -> av.VideoFrame:
+    """One input frame -> a yuv420p ``av.VideoFrame`` (BGR converted, yuv420p taken as it is)."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        if img.shape == (height, width, 3):
+            return av.VideoFrame.from_ndarray(bgr_to_i420(np.ascontiguousarray(img)), format="yuv420p")
+        if img.shape == (height * 3 // 2, width):
+            return av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="yuv420p")
+    if (isinstance(img, av.VideoFrame) and img.format.name == "yuv420p"
+            and (img.width, img.height) == (width, height)):
+        return img
+    if isinstance(img, np.ndarray):
+        got = f"{img.dtype} {img.shape}"
+    elif isinstance(img, av.VideoFrame):
+        got = f"a {img.format.name} {img.width}x{img.height} VideoFrame"
+    else:
+        got = type(img).__name__
+    raise InvalidParameterError(
+        f"{out_path}: frame {n} must be uint8 ({height}, {width}, 3) BGR or ({height * 3 // 2}, {width}) "
+        f"yuv420p, got {got}", path=str(out_path), stage=_STAGE)
 
+
+def encode_segment(frames: Iterable, out_path, fps: Fraction, width: int, height: int,
+                   codec: str = "libx264", crf: int = 18, preset: str = "veryfast", x264_params: str = "") -> int:
+    """Encode frames as one independent H.264 MP4 segment. Each frame is BGR uint8
+    ``height x width x 3``, or yuv420p in BT.601 limited range: an I420 uint8
+    ``(height * 3 // 2, width)`` array (Y, U, V planes) or a yuv420p ``av.VideoFrame``.
+
+    ``x264_params``: extra ``key=value:...`` x264 options on top of ``preset`` (libx264 only).
     Streams the frames (one in memory at a time). Returns the number of frames written.
     """
     out_path = Path(out_path)
@@ -166,17 +194,12 @@ def encode_segment(frames: Iterable[np.ndarray], out_path, fps: Fraction, width:
     with atomic_output(out_path, "encoding the segment") as tmp:
         with av.open(str(tmp), "w", format="mp4") as out:
             try:
-                stream = _open_video_encoder_stream(out, codec, fps, width, height, int(crf), preset)
+                stream = _open_video_encoder_stream(out, codec, fps, width, height, int(crf), preset, x264_params)
             except (av.FFmpegError, ValueError) as exc:
                 raise InternalError(f"{out_path}: cannot create the {codec} encoder: {exc}",
                                     path=str(out_path), stage=_STAGE) from exc
             for img in frames:
-                if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (height, width, 3):
-                    got = (f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__)
-                    raise InvalidParameterError(
-                        f"{out_path}: frame {n} must be uint8 ({height}, {width}, 3) BGR, got {got}",
-                        path=str(out_path), stage=_STAGE)
-                vf = av.VideoFrame.from_ndarray(bgr_to_i420(np.ascontiguousarray(img)), format="yuv420p")
+                vf = _video_frame(img, n, width, height, out_path)
                 vf.colorspace = _AVCOL_SPC_SMPTE170M
                 vf.color_range = _AVCOL_RANGE_MPEG
                 vf.pts = n

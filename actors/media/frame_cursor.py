@@ -7,7 +7,8 @@ template again from frame 0, so a 10 s job decoded 750 frames for 250 used. The 
 decoder where the last request stopped and continues from there when the next request starts at or
 shortly after that point (the normal order of a job's segments), and reopens (seeking) otherwise.
 
-Not thread-safe: one cursor per writer, used under its lock.
+Not thread-safe: one cursor per writer, used under its lock. ``keep_yuv420p`` and
+``decode_threads`` are passed to ``iter_frames`` (``actors/media/template.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ MAX_SKIP_FRAMES = 100
 
 
 class FrameCursor:
-    def __init__(self):
+    def __init__(self, keep_yuv420p: bool = False, decode_threads: int = 0):
+        self.keep_yuv420p = keep_yuv420p
+        self.decode_threads = decode_threads
         self._path: str | None = None
         self._it: Iterator[tuple[int, np.ndarray]] | None = None
         self._next = 0  # index of the frame the open decoder yields next
@@ -33,7 +36,8 @@ class FrameCursor:
     def _open(self, path: str, start: int) -> None:
         self.close()
         self._path, self._next = path, start
-        self._it = iter_frames(path, start=start)
+        self._it = iter_frames(path, start=start, keep_yuv420p=self.keep_yuv420p,
+                               decode_threads=self.decode_threads)
 
     def frames(self, path: str, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, frame)`` for ``start <= index < stop`` (fewer if the stream ends early).

@@ -9,7 +9,10 @@ tag. It is read from the display-matrix side data FFmpeg attaches to decoded fra
 ``rotate`` entry in the stream metadata. Frames from :func:`iter_frames` are turned upright, so
 their shape is ``(height, width, 3)`` with the *display* width/height of :class:`TemplateInfo`.
 
-Colours: frames are converted to BGR without bias (``actors/media/color.py``).
+Colours: frames are converted to BGR without bias (``actors/media/color.py``). With
+``keep_yuv420p`` the frames that are 8-bit yuv420p in BT.601 limited range (the format the
+segments are encoded in) are not converted at all: they come as upright I420 arrays
+(``actors/media/i420.py``, shape ``(height * 3 // 2, width)``); every other frame still comes as BGR.
 
 Frame indices count decoded frames from the start of the stream (frame ``k`` is the ``k``-th
 frame a full decode yields). After a seek, the index of the first decoded frame is derived from its
@@ -36,7 +39,8 @@ from actors.errors import (
     decode_failure,
 )
 from actors.limits import MediaLimits
-from actors.media.color import rotate_upright, snap_rotation, yuv_to_bgr
+from actors.media.color import is_bt601_limited_i420, rotate_upright, snap_rotation, yuv_to_bgr
+from actors.media.i420 import rotate_i420
 from actors.media.open import declared_duration_s, open_media
 
 DEFAULT_FPS = Fraction(25)
@@ -195,8 +199,25 @@ def probe_template(path, limits: MediaLimits | None = None) -> TemplateInfo:
                         rotation=rotation, duration_s=duration_s)
 
 
-def _upright_range(indexed, stream, start: int, stop: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index, frame)`` pairs -> upright BGR frames with ``start <= index < stop``. The rotation is
+def _set_decode_threads(stream, threads: int) -> None:
+    """0: FFmpeg's frame/slice threading with its own thread count; 1: no threads; n: n threads."""
+    if threads == 1:
+        stream.thread_type = "NONE"
+        stream.codec_context.thread_count = 1
+    else:
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = max(0, int(threads))
+
+
+def _upright(frame, rotation: int, keep_yuv420p: bool) -> np.ndarray:
+    if keep_yuv420p and is_bt601_limited_i420(frame):
+        return rotate_i420(frame.to_ndarray(), rotation)
+    return rotate_upright(yuv_to_bgr(frame), rotation)
+
+
+def _upright_range(indexed, stream, start: int, stop: int | None,
+                   keep_yuv420p: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, frame)`` pairs -> upright frames with ``start <= index < stop``. The rotation is
     read from the first decoded frame (its display matrix), before any are skipped."""
     rotation = None
     for index, frame in indexed:
@@ -205,14 +226,15 @@ def _upright_range(indexed, stream, start: int, stop: int | None) -> Iterator[tu
         if rotation is None:
             rotation = _rotation_of(frame, stream)
         if index >= start:
-            yield index, rotate_upright(yuv_to_bgr(frame), rotation)
+            yield index, _upright(frame, rotation, keep_yuv420p)
 
 
-def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_sequential(path: str, start: int, stop: int | None, keep_yuv420p: bool,
+                       threads: int) -> Iterator[tuple[int, np.ndarray]]:
     container = open_media(path)
     try:
         stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"
+        _set_decode_threads(stream, threads)
         header = _header_size(stream)
 
         def indexed():
@@ -220,7 +242,7 @@ def _decode_sequential(path: str, start: int, stop: int | None) -> Iterator[tupl
                 _check_frame_size(frame, header, index, path)
                 yield index, frame
 
-        yield from _upright_range(indexed(), stream, start, stop)
+        yield from _upright_range(indexed(), stream, start, stop, keep_yuv420p)
     except (av.FFmpegError, OSError) as exc:
         raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
@@ -246,12 +268,12 @@ class _SeekMissed(Exception):
     """The seek landed after the requested frame (or timestamps are unusable): decode from 0."""
 
 
-def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
-                       backoff_s: float) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int, backoff_s: float,
+                       keep_yuv420p: bool, threads: int) -> Iterator[tuple[int, np.ndarray]]:
     container = open_media(path)
     try:
         stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"
+        _set_decode_threads(stream, threads)
         fps = _stream_fps(stream)
         tb = stream.time_base
         if tb is None or tb <= 0:
@@ -281,21 +303,28 @@ def _decode_after_seek(path: str, start: int, stop: int | None, first_pts: int,
             if index is None:  # the seek landed at or past the end (seen with MPEG-TS): not trustworthy
                 raise _SeekMissed()
 
-        yield from _upright_range(indexed(), stream, start, stop)
+        yield from _upright_range(indexed(), stream, start, stop, keep_yuv420p)
     except (av.FFmpegError, OSError) as exc:
         raise decode_failure(exc, f"cannot decode video of {path}: {exc}", path) from exc
     finally:
         container.close()
 
 
-def iter_frames(path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, frame)`` for frames ``start <= index < stop``: upright BGR uint8 HxWx3.
+def iter_frames(path, start: int = 0, stop: int | None = None, *, keep_yuv420p: bool = False,
+                decode_threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, frame)`` for frames ``start <= index < stop``: upright BGR uint8 HxWx3, or,
+    with ``keep_yuv420p``, an upright I420 ``(H * 3 // 2, W)`` array for every frame that is 8-bit
+    yuv420p BT.601 limited range (tell them apart by ``ndim``: 2 for I420, 3 for BGR).
 
-    Streams (one decoded frame in memory at a time, threaded decoding). For ``start > 0`` it seeks to
-    the key frame at or before the target and decodes forward, skipping frames before ``start``;
-    if the seek cannot be trusted it falls back to decoding from the beginning.
+    Streams (one decoded frame in memory at a time). ``decode_threads``: 0 lets FFmpeg thread the
+    decoder (its default count), 1 decodes on the calling thread only (less CPU in total where
+    the cores are busy anyway), n uses n threads. For ``start > 0`` it seeks to the key frame at or
+    before the target and decodes forward, skipping frames before ``start``; if the seek cannot be
+    trusted it falls back to decoding from the beginning.
     """
     path = str(path)
+    if int(decode_threads) < 0:
+        raise InvalidParameterError(f"decode_threads must be >= 0, got {decode_threads}", path=path)
     if start < 0 or (stop is not None and stop < 0):
         raise InvalidParameterError(f"{path}: frame range must be non-negative (start={start}, stop={stop})",
                                     path=path)
@@ -309,10 +338,11 @@ def iter_frames(path, start: int = 0, stop: int | None = None) -> Iterator[tuple
             # raised before the first frame is yielded, so a retry never repeats a frame.
             for backoff_s in _SEEK_BACKOFFS_S:
                 try:
-                    yield from _decode_after_seek(path, start, stop, first_pts, backoff_s)
+                    yield from _decode_after_seek(path, start, stop, first_pts, backoff_s,
+                                                  keep_yuv420p, int(decode_threads))
                     return
                 except _SeekMissed:
                     continue
-    yield from _decode_sequential(path, start, stop)
+    yield from _decode_sequential(path, start, stop, keep_yuv420p, int(decode_threads))
 
 
