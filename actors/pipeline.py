@@ -24,7 +24,7 @@ from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.local_stages import LocalStages
 from actors.media.encode import pick_video_codec
-from actors.segment_writer import SegmentWriter
+from actors.segment_writer import SegmentWriter, writer_threads
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of the whole job done 0..1)
 
@@ -82,8 +82,14 @@ class LocalRenderer:
         o = self.options
         self.generator = generator or make_generator(o.backend, o.checkpoint, o.device, o.batch_size, o.precision,
                                                      threads=o.threads, engine=o.engine)
+        if hasattr(self.generator, "warm_up"):  # cheap for the backends that have it (Wav2Lip)
+            self.generator.warm_up()
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
-        self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf)
+        # The writer shares this process's cores with the generator: with a CPU generator it runs
+        # one decoder and one x264 thread (the least CPU per frame), else FFmpeg's automatic counts.
+        threads = writer_threads(1 if str(getattr(self.generator, "device", "cpu")).startswith("cpu") else 2)
+        self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf,
+                                    decode_threads=threads, encode_threads=threads)
 
     def render(self, audio_path: str, video_path: str, out_path: str, progress: ProgressFn | None = None,
                hls_dir: str | None = None) -> RenderSummary:

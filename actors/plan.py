@@ -59,9 +59,32 @@ def make_plan(n_audio_samples: int, avatar: Avatar, mode: str = "pingpong", segm
     n_out = num_output_frames(n_audio_samples, fps)
     source = source_index_map(n_out, avatar.n_frames, mode)
     present = avatar.present()[source]
-    segment_frames = max(1, int(segment_frames))
-    segments = [Segment(i, s, min(n_out, s + segment_frames)) for i, s in enumerate(range(0, n_out, segment_frames))]
+    segments = [Segment(i, a, b) for i, (a, b) in enumerate(segment_bounds(n_out, segment_frames))]
     return RenderPlan(fps=fps, n_out=n_out, source_index=source, face_present=present, segments=segments)
+
+
+# The last segment's paste + encode is the one step nothing overlaps with (every earlier one runs
+# while the next segment is generated), so the plan ends with shorter segments: the job's last
+# ``segment_frames`` frames are cut in halves down to about an eighth of a segment. A 10 s job at
+# 50-frame segments ends 25, 13, 12 instead of 50: its un-overlapped tail is 12 frames, not 50.
+TAPER_MIN_DIVISOR = 8
+
+
+def segment_bounds(n_out: int, segment_frames: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each segment: ``segment_frames`` long, the last full one cut in halves
+    while a half stays at least ``segment_frames / TAPER_MIN_DIVISOR`` (and 4) frames."""
+    size = max(1, int(segment_frames))
+    bounds = [(a, min(n_out, a + size)) for a in range(0, n_out, size)]
+    if not bounds:
+        return bounds
+    start, stop = bounds.pop()
+    least = max(4, -(-size // TAPER_MIN_DIVISOR))
+    while stop - start >= 2 * least:
+        half = -(-(stop - start) // 2)
+        bounds.append((start, start + half))
+        start += half
+    bounds.append((start, stop))
+    return bounds
 
 
 _MODES = ("pingpong", "loop")

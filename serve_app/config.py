@@ -85,6 +85,9 @@ class WriterSettings(_Strict):
     prefer_nvenc: bool = False
     crf: int = 18
     segment_frames: int = 50
+    # Decoded template frames kept with each avatar up to this size (MiB; 0: decode every job):
+    # reading them back costs less CPU than decoding (actors/avatar.py).
+    frame_cache_mib: int = Field(default=512, ge=0)
 
 
 class JobSettings(_Strict):

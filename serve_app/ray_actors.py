@@ -28,7 +28,7 @@ from actors.limits import MediaLimits
 from actors.media.audio import decode_audio
 from actors.media.encode import pick_video_codec
 from actors.resources import generator_memory, gpu_stats
-from actors.segment_writer import NEVER, SegmentWriter
+from actors.segment_writer import NEVER, SegmentWriter, writer_threads
 from actors.stop_token import StopToken
 from serve_app.chaos import ChaosHooks, writer_stop
 from serve_app.config import GeneratorSettings, LipserveArgs
@@ -109,10 +109,12 @@ class WriterActor:
     ``CancelledError`` once the driver has set it: between frames in ``write_segment``, at the start
     of ``prepare_avatar`` and ``finalize`` (also when Ray re-sends the call after a restart)."""
 
-    def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits, chaos_dir: str | None = None):
-        self.cache = AvatarCache(cache_dir, limits)
+    def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits, chaos_dir: str | None = None,
+                 num_cpus: float = 1.0, frame_cache_mib: int = 512):
+        self.cache = AvatarCache(cache_dir, limits, frame_cache_bytes=frame_cache_mib * 2**20)
         self.limits = limits
-        self.writer = SegmentWriter(codec=codec, crf=crf)
+        threads = writer_threads(num_cpus)  # sized to the CPUs Ray gave this actor
+        self.writer = SegmentWriter(codec=codec, crf=crf, decode_threads=threads, encode_threads=threads)
         self.chaos = ChaosHooks(chaos_dir)
         self.pid = os.getpid()
 
@@ -198,7 +200,7 @@ def create_actors(args: LipserveArgs, avatar_cache_dir: str) -> PipelineActors:
     codec = pick_video_codec(w.prefer_nvenc)
     writers = [
         ray.remote(concurrency_groups=CONTROL_GROUPS)(WriterActor).options(**writer_actor_options(args)).remote(
-            avatar_cache_dir, codec, w.crf, args.media_limits(), args.chaos_dir)
+            avatar_cache_dir, codec, w.crf, args.media_limits(), args.chaos_dir, w.num_cpus, w.frame_cache_mib)
         for _ in range(max(1, w.pool_size))
     ]
     infos = ray.get([g.info.remote() for g in generators.values()])

@@ -70,11 +70,14 @@ def check_fps(fps) -> Fraction:
     return fps
 
 
-def _encoder_options(codec: str, crf: int, preset: str, x264_params: str = "") -> dict[str, str]:
+def _encoder_options(codec: str, crf: int, preset: str, x264_params: str = "", threads: int = 0) -> dict[str, str]:
     if codec == "libx264":
         # open_gop=0 is x264's default; say it anyway: each segment must be a closed GOP.
         params = "open_gop=0" + (f":{x264_params}" if x264_params else "")
-        return {"crf": str(crf), "preset": str(preset), "bf": "0", "x264-params": params}
+        opts = {"crf": str(crf), "preset": str(preset), "bf": "0", "x264-params": params}
+        if threads:
+            opts["threads"] = str(int(threads))
+        return opts
     if codec.endswith("_nvenc"):
         # NVENC has its own preset names (p1..p7); constant-quality VBR is the CRF analogue.
         return {"preset": "p4", "tune": "hq", "rc": "vbr", "cq": str(crf), "b": "0", "bf": "0"}
@@ -82,7 +85,7 @@ def _encoder_options(codec: str, crf: int, preset: str, x264_params: str = "") -
 
 
 def _open_video_encoder_stream(out, codec: str, fps: Fraction, width: int, height: int,
-                               crf: int, preset: str, x264_params: str = ""):
+                               crf: int, preset: str, x264_params: str = "", threads: int = 0):
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     cc = stream.codec_context
@@ -90,7 +93,7 @@ def _open_video_encoder_stream(out, codec: str, fps: Fraction, width: int, heigh
     cc.max_b_frames = 0
     cc.colorspace = _AVCOL_SPC_SMPTE170M
     cc.color_range = _AVCOL_RANGE_MPEG
-    cc.options = _encoder_options(codec, crf, preset, x264_params)
+    cc.options = _encoder_options(codec, crf, preset, x264_params, threads)
     return stream
 
 
@@ -170,12 +173,14 @@ def _video_frame(img, n: int, width: int, height: int, out_path: Path) -> av.Vid
 
 
 def encode_segment(frames: Iterable, out_path, fps: Fraction, width: int, height: int,
-                   codec: str = "libx264", crf: int = 18, preset: str = "veryfast", x264_params: str = "") -> int:
+                   codec: str = "libx264", crf: int = 18, preset: str = "veryfast", x264_params: str = "",
+                   threads: int = 0) -> int:
     """Encode frames as one independent H.264 MP4 segment. Each frame is BGR uint8
     ``height x width x 3``, or yuv420p in BT.601 limited range: an I420 uint8
     ``(height * 3 // 2, width)`` array (Y, U, V planes) or a yuv420p ``av.VideoFrame``.
 
     ``x264_params``: extra ``key=value:...`` x264 options on top of ``preset`` (libx264 only).
+    ``threads``: x264's threads (0: its automatic count, 1.5 per core).
     Streams the frames (one in memory at a time). Returns the number of frames written.
     """
     out_path = Path(out_path)
@@ -194,7 +199,8 @@ def encode_segment(frames: Iterable, out_path, fps: Fraction, width: int, height
     with atomic_output(out_path, "encoding the segment") as tmp:
         with av.open(str(tmp), "w", format="mp4") as out:
             try:
-                stream = _open_video_encoder_stream(out, codec, fps, width, height, int(crf), preset, x264_params)
+                stream = _open_video_encoder_stream(out, codec, fps, width, height, int(crf), preset, x264_params,
+                                                    int(threads))
             except (av.FFmpegError, ValueError) as exc:
                 raise InternalError(f"{out_path}: cannot create the {codec} encoder: {exc}",
                                     path=str(out_path), stage=_STAGE) from exc
