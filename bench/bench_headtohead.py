@@ -13,7 +13,7 @@ a fresh process:
   same input, weights and box: wall ratio (goal <= 0.45); CPU-seconds of both are printed too (on a
   shared machine they are steadier than wall times).
 
-Usage: python bench/bench_headtohead.py [--repeats 3] [--work DIR] [--json]
+Usage: python bench/bench_headtohead.py [--repeats 3] [--work DIR] [--engine auto|onnxruntime|openvino] [--json]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _child_ours(a) -> int:
     from actors.plan import source_index_map
 
     opts = RenderOptions(backend="wav2lip", checkpoint=a.onnx, box=tuple(a.box), cache_dir=a.cache_dir,
-                         batch_size=a.batch_size, threads=a.threads or None)
+                         batch_size=a.batch_size, threads=a.threads or None, engine=a.engine)
     renderer = LocalRenderer(opts)
     result: dict = {}
     if a.what in ("e2e", "both"):
@@ -88,14 +88,14 @@ def _run(args: list[str]) -> tuple[dict, float, float]:
     return json.loads(lines[-1].removeprefix(TAG)), wall, cpu
 
 
-def measure(work: Path, repeats: int, batch_size: int = 32, threads: int = 0) -> dict:
+def measure(work: Path, repeats: int, batch_size: int = 32, threads: int = 0, engine: str = "auto") -> dict:
     from bench.presenter import prepare
 
     inp = prepare(work)
     cache = work / "cache-h2h"
     base = [str(Path(__file__).resolve()), "--child", "--onnx", inp.onnx, "--template", inp.template,
             "--audio", inp.audio, "--cache-dir", str(cache), "--box", *map(str, inp.box),
-            "--batch-size", str(batch_size), "--threads", str(threads)]
+            "--batch-size", str(batch_size), "--threads", str(threads), "--engine", engine]
     _run(base + ["--what", "e2e", "--out", str(work / "h2h-warm.mp4")])  # builds the avatar cache
     runs = []
     for k in range(repeats):
@@ -161,16 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--box", type=int, nargs=4, required=True)
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--threads", type=int, default=0)
+        p.add_argument("--engine", default="auto")
         return _child_ours(p.parse_args(argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="generator threads (0: onnxruntime's default)")
     ap.add_argument("--work", default=None, help="folder for inputs (reused) and outputs")
+    ap.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                    help="what runs the .onnx (auto: OpenVINO when installed)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="lipserve-h2h-"))
-    r = measure(work, a.repeats, a.batch_size, a.threads)
+    r = measure(work, a.repeats, a.batch_size, a.threads, a.engine)
     print_report(r)
     if a.json:
         print(json.dumps(r))
