@@ -216,4 +216,6 @@ def test_live_hls_plays_before_the_job_ends_then_switches_to_the_mp4(page: Page,
     page.wait_for_function("document.getElementById('player').src.startsWith('blob:')"
                            " && isFinite(document.getElementById('player').duration)")
     duration = page.evaluate("document.getElementById('player').duration")
-    assert abs(duration - seconds) <= 1 / 25 + 1e-3, duration
+    # The player's duration is the longer track's: the video, or the AAC track, which ends on a whole
+    # 1024-sample frame (64 ms at the speech's 16 kHz) and may count its priming frame too.
+    assert abs(duration - seconds) <= 2 * 1024 / 16000 + 1e-3, duration
