@@ -151,6 +151,9 @@ def measure(work: Path, repeats: int, quick: bool) -> dict:
         ov[prec] = {"fps": _fps(runner, mel, face, 32, repeats), "compiled_precision": runner.precision,
                     "max_abs_diff_vs_onnxruntime": float(np.abs(out - ort_out).max()),
                     "psnr_vs_fp32_db": psnr(_uint8(out), fp32_out)}
+    int8_ov = load_wav2lip(str(int8_path), "cpu", engine="openvino")
+    ov["int8"] = {"fps": _fps(int8_ov, mel, face, 32, repeats),
+                  "psnr_vs_fp32_db": psnr(_uint8(int8_ov(build_mel_input(mels), build_face_input(faces))), fp32_out)}
     ov["fp32_whole_crop_fps"] = _fps(load_wav2lip(str(full_path), "cpu", engine="openvino"), mel, face, 32, repeats)
     r["openvino"] = ov
     r["onnxruntime_whole_crop_fps"] = _fps(_ort_run(_session(str(full_path), None, False, "all")), mel, face, 32,
@@ -158,7 +161,8 @@ def measure(work: Path, repeats: int, quick: bool) -> dict:
     r["onnxruntime_mouth_fps"] = r["batch_fps"][32] if 32 in r["batch_fps"] else None
     print(f"  OpenVINO fp32 {ov['fp32']['fps']:.1f} f/s (max diff vs onnxruntime {ov['fp32']['max_abs_diff_vs_onnxruntime']:.2g}), "
           f"bf16 {ov['bf16']['fps']:.1f} f/s (compiled {ov['bf16']['compiled_precision']}, PSNR vs fp32 "
-          f"{ov['bf16']['psnr_vs_fp32_db'] or float('inf'):.1f} dB); whole crop: OpenVINO {ov['fp32_whole_crop_fps']:.1f}, "
+          f"{ov['bf16']['psnr_vs_fp32_db'] or float('inf'):.1f} dB), int8 {ov['int8']['fps']:.1f} f/s (PSNR "
+          f"{ov['int8']['psnr_vs_fp32_db'] or float('inf'):.1f} dB); whole crop: OpenVINO {ov['fp32_whole_crop_fps']:.1f}, "
           f"onnxruntime {r['onnxruntime_whole_crop_fps']:.1f} f/s", flush=True)
     r["best_batch"] = max(r["batch_fps"], key=r["batch_fps"].get)
     r["loadavg_end"] = os.getloadavg()[0]

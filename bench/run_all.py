@@ -136,6 +136,7 @@ def summarise(r: dict) -> dict:
     s["openvino_fp32_fps"] = (ov.get("fp32") or {}).get("fps")
     s["openvino_bf16_fps"] = (ov.get("bf16") or {}).get("fps")
     s["openvino_bf16_psnr_db"] = (ov.get("bf16") or {}).get("psnr_vs_fp32_db")
+    s["openvino_int8_fps"] = (ov.get("int8") or {}).get("fps")
     s["onnxruntime_mouth_fps"] = g.get("onnxruntime_mouth_fps")
     s["onnxruntime_whole_crop_fps"] = g.get("onnxruntime_whole_crop_fps")
     p = r.get("pipeline") or {}
@@ -176,6 +177,7 @@ def print_summary(r: dict) -> None:
         ("OpenVINO f/s: fp32 / bf16 (mouth window)", f"{_fmt(s.get('openvino_fp32_fps'), '.1f')} / "
                                                       f"{_fmt(s.get('openvino_bf16_fps'), '.1f')}", "fp32 default"),
         ("OpenVINO bf16 PSNR vs fp32 on the demo, dB", _fmt(s.get("openvino_bf16_psnr_db"), ".1f"), "option only"),
+        ("OpenVINO int8 (lipserve quantize-onnx), f/s", _fmt(s.get("openvino_int8_fps"), ".1f"), "option only"),
         ("peak RSS 60 s / 10 s", _fmt(s["peak_rss_ratio_60s_vs_10s"], ".3f"), "<= 1.3"),
         ("replica ready (constructor + warm-up), s", _fmt(s["replica_ready_s"]), "<= 10"),
         ("HTTP job / in-process", _fmt(s["http_vs_inprocess"], ".3f"), "<= 1.15"),

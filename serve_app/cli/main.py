@@ -74,6 +74,20 @@ def _cmd_export_onnx(args) -> int:
     return 0
 
 
+def _cmd_quantize_onnx(args) -> int:
+    import tempfile
+
+    from actors.models.wav2lip_quantize import calibration_inputs, quantize_int8
+
+    with tempfile.TemporaryDirectory(prefix="lipserve-calibrate-") as cache:
+        faces, mels = calibration_inputs(args.video, args.audio, cache, tuple(args.box) if args.box else None,
+                                         args.frames)
+        quantize_int8(args.onnx, args.out, faces, mels)
+    print(f"wrote {args.out} (int8, calibrated on {len(faces)} frames of {args.video}; an option: "
+          f"check its PSNR against the fp32 file, bench/bench_generator.py)")
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from serve_app.cli.launcher import serve_forever
 
@@ -128,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--full-crop", action="store_true",
                    help="decode the whole 96x96 crop (default: only the mouth window the paste reads, ~1.3x faster)")
     e.set_defaults(func=_cmd_export_onnx)
+
+    q = sub.add_parser("quantize-onnx", help="int8 (static QDQ) copy of a Wav2Lip ONNX export, calibrated on a "
+                                             "template and speech (an option: it changes the pictures)")
+    q.add_argument("--onnx", required=True, help="the fp32 .onnx from export-onnx")
+    q.add_argument("--out", required=True)
+    q.add_argument("--video", required=True, help="a template to calibrate on")
+    q.add_argument("--audio", required=True, help="speech to calibrate on")
+    q.add_argument("--box", type=int, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), help="face box override")
+    q.add_argument("--frames", type=int, default=64, help="calibration frames (default 64)")
+    q.set_defaults(func=_cmd_quantize_onnx)
 
     s = sub.add_parser("serve", help="run the Serve application (blocks)")
     s.add_argument("--config", default="configs/local.yaml")
