@@ -232,7 +232,8 @@ class AvatarCache:
                 if i >= n:
                     break
                 if frame.ndim == 2:  # upright I420 (8-bit yuv420p, BT.601 limited): cache it as is
-                    frames[i] = frame
+                    if frames is not None:
+                        frames[i] = frame
                     frame = i420_to_bgr(frame)
                 elif frames is not None:  # a frame in another format: the writer decodes this template
                     del frames

@@ -24,7 +24,7 @@ from actors.generators import make_generator
 from actors.limits import MediaLimits
 from actors.local_stages import LocalStages
 from actors.media.encode import pick_video_codec
-from actors.segment_writer import SegmentWriter, writer_threads
+from actors.segment_writer import SegmentWriter
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of the whole job done 0..1)
 
@@ -87,7 +87,7 @@ class LocalRenderer:
         self.cache = AvatarCache(self.options.cache_dir, self.options.limits)
         # The writer shares this process's cores with the generator: with a CPU generator it runs
         # one decoder and one x264 thread (the least CPU per frame), else FFmpeg's automatic counts.
-        threads = writer_threads(1 if str(getattr(self.generator, "device", "cpu")).startswith("cpu") else 2)
+        threads = 1 if str(getattr(self.generator, "device", "cpu")).startswith("cpu") else 0
         self.writer = SegmentWriter(codec=pick_video_codec(self.options.prefer_nvenc), crf=self.options.crf,
                                     decode_threads=threads, encode_threads=threads)
 

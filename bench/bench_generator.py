@@ -38,16 +38,12 @@ import numpy as np  # noqa: E402
 N = 128
 
 def demo_inputs(work: Path):
-    """(faces uint8[100,96,96,3], mels float32[100,80,16]) of the bundled demo (Haar-detected)."""
-    from actors.avatar import AvatarCache, AvatarParams
-    from actors.generators.mel import mel_features
-    from actors.media.audio import decode_audio
+    """(faces uint8[n,96,96,3], mels float32[n,80,16]) of the bundled demo's frames with a face
+    (Haar-detected): the same inputs ``lipserve quantize-onnx`` calibrates on."""
+    from actors.models.wav2lip_quantize import calibration_inputs
 
-    demo = REPO / "assets" / "demo_template.mp4"
-    avatar = AvatarCache(work / "cache-demo").get_or_build(demo, AvatarParams(crop_size=96))
-    faces = np.asarray(avatar.crops())
-    mels = mel_features(decode_audio(REPO / "assets" / "demo_speech.wav"), avatar.info.fps, len(faces))
-    return faces, mels
+    return calibration_inputs(REPO / "assets" / "demo_template.mp4", REPO / "assets" / "demo_speech.wav",
+                              work / "cache-demo", max_frames=10**6)
 
 
 def _tile(x: np.ndarray, n: int) -> np.ndarray:

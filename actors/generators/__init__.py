@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from actors.errors import InvalidParameterError
+from actors.models.wav2lip_spec import ENGINES  # what runs a Wav2Lip .onnx file
 
 BACKENDS = ("default", "mouth_warp", "wav2lip", "musetalk")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-ENGINES = ("auto", "onnxruntime", "openvino")  # what runs a Wav2Lip .onnx file
 
 
 def canonical_backend(backend: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from actors.errors import ModelLoadError
 from actors.models.files import resolve_torch_device
 from actors.models.wav2lip_spec import (
-    FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, WINDOW_METADATA_KEY, check_model_path, parse_window,
+    ENGINES, FACE_SHAPE, MEL_SHAPE, ONNX_SUFFIXES, WINDOW_METADATA_KEY, check_model_path, parse_window,
 )
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,6 @@ def _onnx_session(path: Path, device: str, threads: int | None = None):
         raise ModelLoadError(f"cannot load ONNX model {path}: {type(exc).__name__}: {exc}", path=str(path)) from exc
 
 
-ENGINES = ("auto", "onnxruntime", "openvino")
-
-
 def _cpu_engine(engine: str, device: str, path: Path) -> str:
     """Which runtime runs an ONNX file: OpenVINO on CPU when installed (``auto``), else onnxruntime."""
     from actors.models.wav2lip_openvino import openvino_available
@@ -253,11 +250,13 @@ def load_wav2lip(path: str | os.PathLike, device: str = "cpu", threads: int | No
     """
     p = check_model_path(path)
     device = (device or "cpu").lower()
-    if precision == "bf16" and not (p.suffix.lower() in ONNX_SUFFIXES and _cpu_engine(engine, device, p) == "openvino"):
+    is_onnx = p.suffix.lower() in ONNX_SUFFIXES
+    runs_on = _cpu_engine(engine, device, p) if is_onnx else "torch"
+    if precision == "bf16" and runs_on != "openvino":
         raise ModelLoadError(f"precision 'bf16' needs an ONNX model on the OpenVINO CPU engine; {p.name} runs on "
-                             f"{'torch' if p.suffix.lower() not in ONNX_SUFFIXES else 'onnxruntime'}", path=str(p))
-    if p.suffix.lower() in ONNX_SUFFIXES:
-        if _cpu_engine(engine, device, p) == "openvino":
+                             f"{runs_on}", path=str(p))
+    if is_onnx:
+        if runs_on == "openvino":
             return OpenVinoWav2LipRunner(p, threads, precision)
         return OnnxWav2LipRunner(p, _onnx_session(p, device, threads))
     if device == "openvino":

@@ -17,6 +17,7 @@ OUT_SHAPE = (3, 96, 96)
 CROP = 96
 TORCH_SUFFIXES = (".pth", ".pt")
 ONNX_SUFFIXES = (".onnx",)
+ENGINES = ("auto", "onnxruntime", "openvino")  # what runs a .onnx (wav2lip_runtime.load_wav2lip)
 # ONNX metadata key of a mouth-window export (actors/models/wav2lip_window.py): "r0,r1,c0,c1".
 WINDOW_METADATA_KEY = "lipserve.output_window"
 

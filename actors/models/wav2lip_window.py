@@ -25,6 +25,7 @@ from torch import nn
 
 from actors.compose import paste_source_window
 from actors.models.wav2lip import Wav2Lip
+from actors.models.wav2lip_spec import CROP
 
 Interval = tuple[int, int]  # [lo, hi) along one axis
 Window = tuple[int, int, int, int]  # (row_lo, row_hi, col_lo, col_hi) in crop pixels
@@ -33,7 +34,6 @@ Window = tuple[int, int, int, int]  # (row_lo, row_hi, col_lo, col_hi) in crop p
 MOUTH_WINDOW: Window = paste_source_window(96)
 # Spatial size of each decoder stage's output (after the join with the encoder feature), deepest first.
 DECODER_SIZES = (1, 3, 6, 12, 24, 48, 96)
-CROP = 96
 
 
 def _grow(iv: Interval, k: int, n: int) -> Interval:
