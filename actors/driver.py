@@ -8,7 +8,8 @@
     4. features  the generator's own audio front-end, once on the track  (Stages.prepare_features)
     5. segments  crops (or latents) + features -> generate -> paste + encode, at most
                  ``max_inflight`` segments in flight (backpressure)       (Stages.submit_segment)
-    6. finalize  join the segments without re-encoding, mux the audio    (Stages.finalize)
+       track     beside them: the AAC track, encoded once                (Stages.encode_audio_track)
+    6. finalize  join the segments and the track without re-encoding    (Stages.finalize)
 
 With ``RenderRequest.hls_dir``, finished segments are also published in order as a live HLS stream
 (``actors/live_hls.py``) while the job runs; the final MP4 is the same stream-copy join either way.
@@ -46,6 +47,7 @@ import numpy as np
 from actors.avatar import Avatar, AvatarParams
 from actors.errors import CancelledError, LipserveError, StageTimeoutError, WorkerLostError
 from actors.live_hls import INCIDENT as HLS_INCIDENT, LiveHls
+from actors.media.audio_track import AUDIO_TRACK_NAME
 from actors.plan import RenderPlan, Segment, make_plan
 from actors.stop_token import StopToken
 
@@ -125,7 +127,9 @@ class Stages(Protocol):
     def prepare_features(self, samples: Any, fps: Fraction, n_frames: int) -> Awaitable[np.ndarray]: ...
     def submit_segment(self, plan: RenderPlan, seg: Segment, faces: FaceSource, features: np.ndarray,
                        avatar: Avatar, path: str, stop: StopToken | None = None) -> tuple[Awaitable[SegmentDone], InFlight]: ...
-    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+    # The job's AAC track into ``track_path`` (kept if it exists); resolves to that path.
+    def encode_audio_track(self, audio_path: str, track_path: str, stop: StopToken | None = None) -> Awaitable[str]: ...
+    def finalize(self, paths: list[str], audio_track: str, out_path: str, fps: Fraction,
                  stop: StopToken | None = None) -> Awaitable[Any]: ...
     def workers(self) -> Awaitable[dict[str, int]]: ...
     def restart_stuck(self, pending: list[InFlight]) -> str: ...  # returns what was restarted
@@ -208,7 +212,11 @@ class SegmentDriver:
         avatar = await self._stage("avatar", s.prepare_avatar(req.video_path, req.avatar, stop=stop), 0.04)
         latents = await self._stage("latents", s.prepare_latents(avatar))
         plan = make_plan(n_samples, avatar, req.mode, req.segment_frames)
-        live = self._live(req, plan, started)
+        # The AAC track is encoded while the segments render (at the end nothing would overlap with
+        # it), so finalize is a stream copy of both tracks; the live stream reads the same track.
+        track = asyncio.ensure_future(s.encode_audio_track(req.audio_path, os.path.join(req.work_dir, AUDIO_TRACK_NAME),
+                                                           stop=stop))
+        live = self._live(req, plan, started, track)
         try:
             features = await self._stage("features", s.prepare_features(samples, plan.fps, plan.n_out), 0.05)
             paths = [os.path.join(req.work_dir, seg.file_name) for seg in plan.segments]
@@ -221,19 +229,29 @@ class SegmentDriver:
             finally:
                 seconds = time.perf_counter() - t0
                 await _call(self.events.timing, "generate_write", seconds)
+        except BaseException:
+            # An early exit: the track's call ends before the job's directory is cleaned up.
+            await asyncio.wait({track}, timeout=self.policy.settle_timeout_s)
+            if track.done() and not track.cancelled():
+                track.exception()  # retrieved: the error that ended the attempt is the one raised
+            raise
         finally:
             if live:  # nothing of the live stream still writes once this attempt is over
                 await live.settle(self.policy.settle_timeout_s)
-        await self._stage("finalize", s.finalize(paths, req.audio_path, req.out_path, plan.fps, stop=stop), 0.99)
+
+        async def finalize() -> None:
+            await s.finalize(paths, await track, req.out_path, plan.fps, stop=stop)
+
+        await self._stage("finalize", finalize(), 0.99)
         return RenderResult(out_path=req.out_path, plan=plan, avatar=avatar, n_samples=n_samples,
                             segments_reused=reused, segment_seconds=seconds,
                             first_playable_s=live.first_playable_s if live else None)
 
-    def _live(self, req: RenderRequest, plan: RenderPlan, started: float) -> LiveHls | None:
+    def _live(self, req: RenderRequest, plan: RenderPlan, started: float, track: Awaitable[str]) -> LiveHls | None:
         """The live stream of this render; its first segment is timed from the render's start."""
         if not req.hls_dir:
             return None
-        live = LiveHls(req.hls_dir, plan, req.audio_path, started_at=started,
+        live = LiveHls(req.hls_dir, plan, track, started_at=started,
                        on_first=lambda seconds: _call(self.events.timing, "first_playable", seconds),
                        on_failure=lambda message: _call(self.events.incident, HLS_INCIDENT, message))
         live.start()

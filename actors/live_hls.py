@@ -2,9 +2,10 @@
 
 Segments finish out of order (several are in flight); the playlist only ever lists the contiguous
 prefix that is published, so a player reads a gapless, growing EVENT playlist, and ``finish`` adds
-``#EXT-X-ENDLIST`` once every segment is in it. The media work (one AAC encode of the track, then a
-stream-copy remux per segment: ``actors/media/hls.py``) is small and runs in worker threads of the
-driver's process, so the live stream never waits in a writer's queue behind the next segment.
+``#EXT-X-ENDLIST`` once every segment is in it. Each segment's fragment is cut from the segment file
+and the job's AAC track (which the driver has encoded once for the final join too) by a stream-copy
+remux (``actors/media/hls.py``): small work, run in worker threads of the driver's process, so the
+live stream never waits in a writer's queue behind the next segment.
 
 A live stream is a preview: if publishing fails, the job goes on without it (an ``hls_unavailable``
 incident says why) and the final MP4 is unaffected.
@@ -25,13 +26,13 @@ INCIDENT = "hls_unavailable"
 
 
 class LiveHls:
-    def __init__(self, hls_dir: str | os.PathLike, plan: RenderPlan, audio_path: str,
+    def __init__(self, hls_dir: str | os.PathLike, plan: RenderPlan, audio_track: Awaitable[str],
                  on_first: Callable[[float], Any] | None = None,
                  on_failure: Callable[[str], Any] | None = None,
                  run: Callable[..., Awaitable[Any]] = asyncio.to_thread, started_at: float | None = None):
         self.dir = Path(hls_dir)
         self.plan = plan
-        self.audio_path = audio_path
+        self.audio_track = audio_track  # resolves to the job's AAC track file (audio_track.py)
         self.on_first = on_first  # seconds from ``started_at`` (default: start()) to the first playable segment
         self.on_failure = on_failure
         self.run = run
@@ -47,13 +48,12 @@ class LiveHls:
         self._on_disk = 0
 
     def start(self) -> None:
-        """Encode the track's AAC now, while the first segments are generated."""
+        """Begin: the first segment is published as soon as it and the AAC track are both ready."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._on_disk = hls.listed_segments(self.dir)  # an earlier attempt's playlist: never shrink it
-        self._audio = asyncio.ensure_future(self.run(hls.write_audio_track, self.audio_path,
-                                                     self.dir / hls.AUDIO_TRACK))
+        self._audio = asyncio.ensure_future(self.audio_track)
 
     def segment_done(self, seg: Segment, path: str) -> None:
         if self.failed is None:
@@ -61,11 +61,11 @@ class LiveHls:
 
     async def _publish(self, seg: Segment, path: str) -> None:
         try:
-            await self._audio
+            track = await asyncio.shield(self._audio)
             if not (self.dir / hls.segment_name(seg.index)).exists():  # an earlier attempt's is kept
                 last = seg.index == len(self.plan.segments) - 1
                 await self.run(hls.publish_segment, path, self.dir, seg.index, seg.start, seg.n_frames,
-                               self.plan.fps, last)
+                               self.plan.fps, last, track)
             self.published.add(seg.index)
             await self._write_playlist(ended=False)
         except Exception as exc:  # noqa: BLE001 - a preview failure never fails the job

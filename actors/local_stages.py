@@ -84,9 +84,12 @@ class LocalStages:
         aw = asyncio.to_thread(self._segment, plan, seg, faces, features, avatar, path, stop)
         return aw, InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=0)
 
-    async def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+    async def encode_audio_track(self, audio_path: str, track_path: str, stop: StopToken | None = None) -> str:
+        return await asyncio.to_thread(self.writer.encode_audio_track, audio_path, track_path, stop or NEVER)
+
+    async def finalize(self, paths: list[str], audio_track: str, out_path: str, fps: Fraction,
                        stop: StopToken | None = None) -> None:
-        await asyncio.to_thread(self.writer.finalize, paths, audio_path, out_path, fps, stop or NEVER)
+        await asyncio.to_thread(self.writer.finalize, paths, audio_track, out_path, fps, stop or NEVER)
 
     async def workers(self) -> dict[str, int]:
         return dict(_WORKERS)

@@ -33,6 +33,7 @@ import numpy as np
 
 from actors.avatar import Avatar
 from actors.errors import InvalidParameterError
+from actors.media.audio_track import write_audio_track
 from actors.media.encode import encode_segment
 from actors.media.frame_cursor import FrameCursor
 from actors.media.i420 import even_rect, frame_size, region_to_bgr, write_region
@@ -190,8 +191,13 @@ class SegmentWriter:
                               avatar.info.fps, w, h, codec=self.codec, crf=self.crf, preset=self.preset,
                               x264_params=self.x264_params, threads=self.encode_threads)
 
-    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+    def encode_audio_track(self, audio_path: str, track_path: str | os.PathLike, stop: Stop = NEVER) -> str:
+        """The job's AAC track (``actors/media/audio_track.py``); kept if an earlier attempt wrote it."""
+        stop.check("finalize")  # about 9 ms per second of audio: checked once, before it starts
+        return write_audio_track(audio_path, track_path)
+
+    def finalize(self, segment_paths: list[str], audio_track: str, out_path: str, fps: Fraction,
                  stop: Stop = NEVER) -> None:
-        """Join the segments without re-encoding and mux AAC from the original audio."""
+        """Join the segments and the job's AAC track, both without re-encoding."""
         stop.check("finalize")  # a stream copy: short, so checked once, before it starts
-        join_segments(segment_paths, audio_path, out_path, fps)
+        join_segments(segment_paths, audio_track, out_path, fps, copy_audio=True)

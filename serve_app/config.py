@@ -51,6 +51,9 @@ class AutoscalingSettings(_Strict):
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
     look_back_period_s: float = 30.0
+    # How often handles send Serve's controller the load it scales on (Serve's own default): a
+    # burst of jobs shorter than this can come and go unseen.
+    metrics_interval_s: float = Field(10.0, gt=0)
 
 
 class ActorFaultSettings(_Strict):

@@ -42,6 +42,7 @@ def deployment_options(args: LipserveArgs) -> dict[str, Any]:
         "upscale_delay_s": a.upscale_delay_s,
         "downscale_delay_s": a.downscale_delay_s,
         "look_back_period_s": a.look_back_period_s,
+        "metrics_interval_s": a.metrics_interval_s,
     }
     if a.initial_replicas is not None:
         autoscaling["initial_replicas"] = a.initial_replicas

@@ -103,11 +103,12 @@ class GeneratorActor:
 
 
 class WriterActor:
-    """CPU stages: audio decoding, avatar preparation, segment compositing + encoding, final mux.
+    """CPU stages: audio decoding, avatar preparation, segment compositing + encoding, the AAC
+    track, final mux.
 
     Each work call takes its attempt's ``StopToken`` (``actors/stop_token.py``) and ends with
     ``CancelledError`` once the driver has set it: between frames in ``write_segment``, at the start
-    of ``prepare_avatar`` and ``finalize`` (also when Ray re-sends the call after a restart)."""
+    of ``prepare_avatar``, ``encode_audio_track`` and ``finalize`` (also when Ray re-sends the call after a restart)."""
 
     def __init__(self, cache_dir: str, codec: str, crf: int, limits: MediaLimits, chaos_dir: str | None = None,
                  num_cpus: float = 1.0, frame_cache_mib: int = 512):
@@ -142,9 +143,12 @@ class WriterActor:
                                       stop=writer_stop(self.chaos, stop) or NEVER)
         return n, self.pid, generator_pid
 
-    def finalize(self, segment_paths: list[str], audio_path: str, out_path: str, fps,
+    def encode_audio_track(self, audio_path: str, track_path: str, stop: StopToken | None = None) -> str:
+        return self.writer.encode_audio_track(audio_path, track_path, stop=stop or NEVER)
+
+    def finalize(self, segment_paths: list[str], audio_track: str, out_path: str, fps,
                  stop: StopToken | None = None) -> str:
-        self.writer.finalize(segment_paths, audio_path, out_path, fps, stop=stop or NEVER)
+        self.writer.finalize(segment_paths, audio_track, out_path, fps, stop=stop or NEVER)
         return out_path
 
 

@@ -89,9 +89,12 @@ class RayStages:
 
         return done(), InFlight(segment=seg, path=path, submitted_at=time.perf_counter(), writer=w, generated=generated)
 
-    def finalize(self, paths: list[str], audio_path: str, out_path: str, fps: Fraction,
+    def encode_audio_track(self, audio_path: str, track_path: str, stop: StopToken | None = None):
+        return self._writer().encode_audio_track.remote(audio_path, track_path, stop)
+
+    def finalize(self, paths: list[str], audio_track: str, out_path: str, fps: Fraction,
                  stop: StopToken | None = None):
-        return self._writer().finalize.remote(paths, audio_path, out_path, fps, stop)
+        return self._writer().finalize.remote(paths, audio_track, out_path, fps, stop)
 
     async def workers(self) -> dict[str, int]:
         info, *wpids = await asyncio.gather(self.generator.info.remote(),

@@ -2,11 +2,10 @@
 
 Nothing is re-encoded for the live stream. Each HLS segment is one of the job's closed-GOP H.264
 segment files (``encode.py``), its packets copied with their final timestamps (frame ``F + k`` of the
-joined video), plus the AAC packets of the same stretch of time. The AAC track is encoded once per job
-with the very encoder settings of the final join (``join.py``), so the live stream carries the same
-video packets and the same audio packets as the final MP4, cut at the same frame boundaries.
+joined video), plus the AAC packets of the same stretch of time, taken from the job's AAC track
+(``audio_track.py``, in the job's work dir), which the final join copies too: the live stream carries
+the same video packets and the same audio packets as the final MP4, cut at the same frame boundaries.
 
-    hls/<job>/audio.mp4        the job's whole AAC track (written before the first segment)
     hls/<job>/init.mp4         ftyp + moov (no samples): the EXT-X-MAP of every segment
     hls/<job>/seg_00000.m4s    styp + moof + mdat, one fragment per segment (video + audio)
     hls/<job>/index.m3u8       EVENT playlist: grows as segments finish, EXT-X-ENDLIST at the end
@@ -33,13 +32,11 @@ from pathlib import Path
 
 import av
 
-from actors.errors import InternalError, NoAudioStreamError
+from actors.errors import InternalError
 from actors.media.atomic import atomic_output, atomic_write
 from actors.media.encode import check_fps
-from actors.media.join import _audio_layout_and_rate, _audio_packets  # the final MP4's own AAC encoder
 from actors.media.open import open_media
 
-AUDIO_TRACK = "audio.mp4"
 INIT = "init.mp4"
 PLAYLIST = "index.m3u8"
 MIME_PLAYLIST = "application/vnd.apple.mpegurl"
@@ -62,30 +59,6 @@ def is_media_name(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- audio
-
-def write_audio_track(audio_path: str, out_path: str | os.PathLike, audio_bitrate: int = 128000) -> Path:
-    """The job's whole track as AAC in an MP4, encoded like ``join_segments`` encodes it. Kept if it
-    exists already (an earlier attempt of the job wrote it: same input, same bytes)."""
-    out_path = Path(out_path)
-    if out_path.exists():
-        return out_path
-    audio_in = open_media(audio_path)
-    try:
-        if not audio_in.streams.audio:
-            raise NoAudioStreamError(f"{audio_path} has no audio stream", path=audio_path, stage=_STAGE)
-        a_in = audio_in.streams.audio[0]
-        layout, rate = _audio_layout_and_rate(a_in)
-        with atomic_output(out_path, "encoding the live stream's audio") as tmp:
-            with av.open(str(tmp), "w", format="mp4") as out:
-                a_out = out.add_stream("aac", rate=rate, layout=layout)
-                a_out.bit_rate = int(audio_bitrate)
-                for _, _, packet in _audio_packets(audio_in, a_in, a_out, rate, layout, audio_path, [0]):
-                    packet.stream = a_out
-                    out.mux(packet)
-    finally:
-        audio_in.close()
-    return out_path
-
 
 def _audio_slice(container, start_s: Fraction, stop_s: Fraction | None):
     """(stream, priming in seconds, packets): the AAC packets whose presentation time in the MP4
@@ -179,13 +152,12 @@ def _fragment(segment_path: str, audio_track: str, index: int, start_frame: int,
 
 
 def publish_segment(segment_path: str, hls_dir: str | os.PathLike, index: int, start_frame: int,
-                    n_frames: int, fps, last: bool) -> int:
+                    n_frames: int, fps, last: bool, audio_track: str) -> int:
     """Write ``seg_<index>.m4s`` (and ``init.mp4`` if it is missing) from one encoded segment and the
-    job's audio track. Returns the segment's frame count."""
+    job's AAC track (``audio_track.write_audio_track``). Returns the segment's frame count."""
     hls_dir = Path(hls_dir)
     fps = check_fps(fps)
-    init, media, frames = _fragment(segment_path, str(hls_dir / AUDIO_TRACK), index, start_frame, n_frames,
-                                    fps, last)
+    init, media, frames = _fragment(segment_path, str(audio_track), index, start_frame, n_frames, fps, last)
     if not (hls_dir / INIT).exists():
         atomic_write(hls_dir / INIT, lambda tmp: tmp.write_bytes(init))
     atomic_write(hls_dir / segment_name(index), lambda tmp: tmp.write_bytes(media))

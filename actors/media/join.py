@@ -1,9 +1,9 @@
-"""Joining: encoded segments -> the final MP4, without re-encoding, with AAC from the original audio.
+"""Joining: encoded segments -> the final MP4, without re-encoding, with the job's AAC track.
 
 :func:`join_segments` demuxes the segments' H.264 packets and copies them into the final MP4 (stream
 created with ``add_stream_from_template`` from the first segment); packet ``k`` of a segment preceded by
-``F`` frames gets ``pts = dts = F + k`` in ``1/fps``. The audio is encoded to AAC from the original audio
-input (native rate when AAC supports it, mono or stereo), neither trimmed nor padded. Video and audio
+``F`` frames gets ``pts = dts = F + k`` in ``1/fps``. The audio is the job's AAC track
+(``audio_track.py``), copied as it is, or, without one, encoded here with the same settings. Video and audio
 packets are interleaved by time, and the file gets ``movflags=+faststart`` (``moov`` before ``mdat``).
 Written atomically. Segments encoded with identical settings share identical SPS/PPS; should a segment's
 decoder configuration differ from the first one's (e.g. a retry ran on a worker with another encoder),
@@ -16,16 +16,15 @@ import heapq
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 
-from actors.errors import EmptyAudioError, InternalError, InvalidParameterError, LipserveError, NoAudioStreamError, UnreadableFileError
+from actors.errors import InternalError, InvalidParameterError, LipserveError
 from actors.media.atomic import atomic_output
+from actors.media.audio_track import AAC_BITRATE, aac_layout_and_rate, aac_packets, audio_stream, track_packets
 from actors.media.encode import check_fps
 from actors.media.open import open_media
 
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _STAGE = "writer"
 
 
@@ -126,52 +125,12 @@ def _video_packets(segment_paths: list[str], fps: Fraction, first_stream, counte
             container.close()
 
 
-def _audio_layout_and_rate(stream) -> tuple[str, int]:
-    cc = stream.codec_context
-    channels = int(getattr(cc, "channels", 0) or (cc.layout.nb_channels if cc.layout else 0) or 1)
-    layout = "mono" if channels == 1 else "stereo"
-    rate = int(stream.rate or cc.sample_rate or 0) or 48000
-    if rate not in _AAC_RATES:  # AAC has a fixed set of rates: take the nearest one above, else the top
-        higher = [r for r in _AAC_RATES if r >= rate]
-        rate = min(higher) if higher else max(_AAC_RATES)
-    return layout, rate
+def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitrate: int = AAC_BITRATE,
+                  copy_audio: bool = False) -> None:
+    """Join encoded segments (stream copy) with AAC audio into ``out_path``.
 
-
-def _audio_packets(container, in_stream, out_stream, rate: int, layout: str, path: str,
-                   counter: list[int]) -> Iterator[tuple[float, int, av.Packet]]:
-    """Decode the original audio, resample to fltp (same rate/channels), encode AAC, yield packets."""
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=1024)
-    tb = Fraction(1, rate)
-    n = 0
-
-    def encode(frames):
-        nonlocal n
-        for f in frames:
-            f.pts = n
-            f.time_base = tb
-            n += f.samples
-            for packet in out_stream.encode(f):
-                yield packet
-
-    try:
-        for frame in container.decode(in_stream):
-            frame.pts = None  # timestamps are re-made from the sample count (gapless)
-            for packet in encode(resampler.resample(frame)):
-                yield (float(packet.pts * packet.time_base), 1, packet)
-        for packet in encode(resampler.resample(None)):
-            yield (float(packet.pts * packet.time_base), 1, packet)
-    except (av.FFmpegError, OSError) as exc:
-        raise UnreadableFileError(f"cannot decode audio of {path}: {exc}", path=path, stage=_STAGE) from exc
-    counter[0] = n
-    if n == 0:
-        raise EmptyAudioError(f"{path}: the audio track holds no samples", path=path, stage=_STAGE)
-    for packet in out_stream.encode(None):
-        yield (float(packet.pts * packet.time_base), 1, packet)
-
-
-def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitrate: int = 128000) -> None:
-    """Join encoded segments (stream copy) with AAC audio from ``audio_path`` into ``out_path``.
-
+    ``copy_audio``: ``audio_path`` is the job's AAC track (``audio_track.write_audio_track``), copied
+    as it is; else the AAC is encoded here from ``audio_path``, with the same settings.
     The result is a faststart MP4 whose frame count is the sum of the segments' and whose video
     lasts ``n_frames / fps``; the audio keeps every input sample (not trimmed to the video).
     """
@@ -184,23 +143,23 @@ def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitr
     audio_in = open_media(audio_path)
     try:
         with atomic_output(out_path, "joining the segments") as tmp:
-            if not audio_in.streams.audio:
-                raise NoAudioStreamError(f"{audio_path} has no audio stream", path=audio_path, stage=_STAGE)
-            a_in = audio_in.streams.audio[0]
-            layout, rate = _audio_layout_and_rate(a_in)
+            a_in = audio_stream(audio_in, audio_path)
             first = _open_segment(segment_paths[0])
             try:
                 with av.open(str(tmp), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
                     v_out = out.add_stream_from_template(first.streams.video[0])
                     v_out.time_base = Fraction(1) / fps
-                    a_out = out.add_stream("aac", rate=rate, layout=layout)
-                    a_out.bit_rate = int(audio_bitrate)
-                    n_video, n_audio = [0], [0]
-                    packets = heapq.merge(
-                        _video_packets(segment_paths, fps, first.streams.video[0], n_video),
-                        _audio_packets(audio_in, a_in, a_out, rate, layout, audio_path, n_audio),
-                        key=lambda item: (item[0], item[1]),
-                    )
+                    if copy_audio:
+                        a_out = out.add_stream_from_template(a_in)
+                        audio = track_packets(audio_in, a_in, audio_path)
+                    else:
+                        layout, rate = aac_layout_and_rate(a_in)
+                        a_out = out.add_stream("aac", rate=rate, layout=layout)
+                        a_out.bit_rate = int(audio_bitrate)
+                        audio = aac_packets(audio_in, a_in, a_out, rate, layout, audio_path, [0])
+                    n_video = [0]
+                    packets = heapq.merge(_video_packets(segment_paths, fps, first.streams.video[0], n_video),
+                                          audio, key=lambda item: (item[0], item[1]))
                     for _, order, packet in packets:
                         packet.stream = v_out if order == 0 else a_out
                         out.mux(packet)
@@ -211,4 +170,3 @@ def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitr
                                     stage=_STAGE)
     finally:
         audio_in.close()
-

@@ -47,7 +47,8 @@ def gpu_config_on_cpu(storage: Path, database_url: str, **overrides: Any) -> dic
         "pipeline": {"num_cpus": 0.1, "graceful_shutdown_timeout_s": 2, "health_check_period_s": 2,
                      "health_check_timeout_s": 10,
                      "autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1,
-                                     "upscale_delay_s": 0, "downscale_delay_s": 4, "look_back_period_s": 1}},
+                                     "upscale_delay_s": 0, "downscale_delay_s": 4, "look_back_period_s": 1,
+                                     "metrics_interval_s": 0.5}},
         "ingress": {"num_replicas": 1, "num_cpus": 0.1},
     }
     return _merge(_merge(app["args"], cpu), overrides)

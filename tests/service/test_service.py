@@ -287,7 +287,8 @@ def test_autoscaling_adds_a_pipeline_replica_under_load(cluster, tmp_path, media
     args = small_args(tmp_path / "storage", pipeline={
         "max_ongoing_requests": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 2,
         "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5,
-                        "upscale_delay_s": 0, "downscale_delay_s": 5, "look_back_period_s": 1}})
+                        "upscale_delay_s": 0, "downscale_delay_s": 5, "look_back_period_s": 1,
+                        "metrics_interval_s": 0.5}})
     deploy(args, name="scaling", prefix="/scaling")
     client = Client(f"http://127.0.0.1:{cluster}/scaling")
     try:

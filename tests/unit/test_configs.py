@@ -301,7 +301,7 @@ def _custom_args() -> LipserveArgs:
             "health_check_timeout_s": 41,
             "autoscaling": {"min_replicas": 2, "max_replicas": 9, "initial_replicas": 3,
                             "target_ongoing_requests": 1.25, "upscale_delay_s": 11,
-                            "downscale_delay_s": 222},
+                            "downscale_delay_s": 222, "metrics_interval_s": 2.5},
         },
         "ingress": {"num_replicas": 4, "num_cpus": 0.3, "max_ongoing_requests": 55,
                     "max_queued_requests": 66},
@@ -320,6 +320,7 @@ def test_pipeline_options_follow_args():
     assert opts["autoscaling_config"] == {
         "min_replicas": 2, "max_replicas": 9, "initial_replicas": 3,
         "target_ongoing_requests": 1.25, "upscale_delay_s": 11, "downscale_delay_s": 222, "look_back_period_s": 30.0,
+        "metrics_interval_s": 2.5,
     }
     assert "num_replicas" not in opts  # autoscaled
     assert "initial_replicas" not in pipeline_options(LipserveArgs())["autoscaling_config"]

@@ -35,6 +35,13 @@ def rendered(tmp_path_factory):
     return {"dir": d, "live": d / "live", "out": d / "out.mp4", "summary": summary}
 
 
+def _track():
+    """The driver's AAC track, already encoded (these tests fake the media work)."""
+    async def done() -> str:
+        return "audio.m4a"
+    return done()
+
+
 def packets(path: Path, kind: str) -> list[av.Packet]:
     with av.open(str(path)) as c:
         stream = c.streams.video[0] if kind == "video" else c.streams.audio[0]
@@ -133,7 +140,7 @@ def test_playlist_lists_only_the_contiguous_prefix(tmp_path):
 
     async def main():
         firsts = []
-        live = LiveHls(tmp_path, _plan(3), "unused.wav", on_first=firsts.append, run=run)
+        live = LiveHls(tmp_path, _plan(3), _track(), on_first=firsts.append, run=run)
         live.start()
         for i in range(3):
             live.segment_done(_plan(3).segments[i], f"s{i}.mp4")
@@ -164,7 +171,7 @@ def test_a_failed_publication_is_an_incident_and_stops_the_stream(tmp_path):
             fn(*args)
 
     async def main():
-        live = LiveHls(tmp_path, _plan(3), "unused.wav", on_failure=incidents.append, run=run)
+        live = LiveHls(tmp_path, _plan(3), _track(), on_failure=incidents.append, run=run)
         live.start()
         for seg in _plan(3).segments:
             live.segment_done(seg, "x.mp4")
@@ -188,7 +195,7 @@ def test_a_retry_never_shrinks_the_playlist(tmp_path):
             fn(*args)
 
     async def main():
-        live = LiveHls(tmp_path, _plan(3), "unused.wav", run=run)
+        live = LiveHls(tmp_path, _plan(3), _track(), run=run)
         live.start()
         for seg in _plan(3).segments:
             live.segment_done(seg, "x.mp4")
