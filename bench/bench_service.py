@@ -2,7 +2,8 @@
 
 1. Pipeline replica constructor including warm-up (goal <= 10 s): timed inside the replica
    (``warmup.seconds``) and from the outside (deploy until /readyz answers 200).
-2. Wall time of a job over HTTP (submit, poll, download) vs ``lipserve render`` of the same job
+2. Wall time of a job over HTTP (submit, follow its event stream to the final event, download) vs
+   ``lipserve render`` of the same job
    in-process (goal <= 1.15x). Both use a warm avatar cache, as a service would for a registered
    template, and the same generator and segment size.
 
@@ -28,6 +29,7 @@ from ray import serve  # noqa: E402
 
 from actors.pipeline import LocalRenderer, RenderOptions  # noqa: E402
 from serve_app.app import build_app  # noqa: E402
+from serve_app.cli.demo import follow_events  # noqa: E402
 from serve_app.cli.launcher import app_spec, load_config  # noqa: E402
 from tests.media import speech_like, write_audio  # noqa: E402
 
@@ -41,11 +43,7 @@ def http_job(base: str, audio: Path, video: Path, out: Path) -> float:
             r = c.post("/v1/jobs", files={"audio": (audio.name, a), "video": (video.name, v)})
         r.raise_for_status()
         job_id = r.json()["id"]
-        while True:
-            rec = c.get(f"/v1/jobs/{job_id}").json()
-            if rec["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.05)
+        rec = follow_events(base, job_id, show=lambda _: None)  # how a client waits for its job
         if rec["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} {rec['status']}: {rec.get('error')}")
         out.write_bytes(c.get(f"/v1/jobs/{job_id}/result").content)

@@ -106,7 +106,9 @@ class IngressServer:
             return await self.pipeline.run_job.remote(job_id)
         finally:
             self._dispatched.pop(job_id, None)
-            self.background.nudge_webhooks()  # the job may have just ended: deliver its webhook now
+            # The job may have just ended: its event streams and its webhook need not wait for a poll.
+            self.services.watchers.poke(job_id)
+            self.background.nudge_webhooks()
 
     async def check_health(self) -> None:
         self._start_loops()

@@ -5,7 +5,10 @@ threads), so a thousand open streams cost one read per job per ``sse_poll_s`` an
 ahead of the store calls that keep jobs alive (heartbeats, claims) or of the API's own reads. Each
 stream gets the latest snapshot through a one-slot mailbox (a slow client skips intermediate
 progress, never the final event), lasts at most ``sse_max_duration_s``, and a client (tenant +
-address) may hold at most ``sse_max_streams_per_client`` at once (429).
+address) may hold at most ``sse_max_streams_per_client`` at once (429). When this process learns
+that a job may have changed (its dispatch to a pipeline replica returned: it ended or was released),
+``poke`` makes the watcher read the record now instead of at its next poll, so a client following
+the stream gets the final event as soon as the record says so.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class _Watcher:
         self.latest: JobRecord | None = None
         self.gone = False
         self.changed = asyncio.Condition()
+        self.poked = asyncio.Event()  # read the record now, do not wait for the next poll
         self.subscribers = 0
         self.task: asyncio.Task | None = None
 
@@ -74,10 +78,20 @@ class JobWatchers:
                     w.changed.notify_all()
                 if rec is None or rec.terminal:
                     return
-                await asyncio.sleep(self.poll_s)  # the poll interval of the durable record
+                try:  # the poll interval of the durable record, cut short by a poke
+                    await asyncio.wait_for(w.poked.wait(), timeout=self.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+                w.poked.clear()
         finally:
             if self._watchers.get(w.job_id) is w:
                 del self._watchers[w.job_id]
+
+    def poke(self, job_id: str) -> None:
+        """The job may have changed: its watcher, if any, reads the record at once."""
+        w = self._watchers.get(job_id)
+        if w is not None:
+            w.poked.set()
 
     def _subscribe(self, job_id: str) -> _Watcher:
         w = self._watchers.get(job_id)

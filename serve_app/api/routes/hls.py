@@ -15,12 +15,13 @@ import asyncio
 import re
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from actors.errors import NotFoundError, ResultNotReadyError
 from actors.media import hls
 from serve_app.api.auth import tenant_of
 from serve_app.api.errors import responses
+from serve_app.api.file_response import MediaFileResponse
 from serve_app.api.routes.jobs import job_or_404
 from serve_app.api.services import ApiServices, services
 from serve_app.jobs.records import TERMINAL, JobStatus
@@ -40,7 +41,7 @@ QUERY_TOKEN_PATHS = re.compile(r"^/v1/jobs/[^/]+/hls/[^/]+$")
 _ACCESS_TOKEN = Query(None, description="The API key, for players that cannot send an Authorization header")
 
 
-@router.get("/{job_id}/hls/index.m3u8", response_class=FileResponse,
+@router.get("/{job_id}/hls/index.m3u8", response_class=MediaFileResponse,
             responses={**responses(401, 404, 409), 200: {"content": {hls.MIME_PLAYLIST: {}}, "description": "The playlist"}},
             summary="Live HLS playlist (EVENT, fMP4 segments); 409 result_not_ready until the first segment")
 async def playlist(job_id: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
@@ -60,7 +61,7 @@ async def playlist(job_id: str, request: Request, access_token: str | None = _AC
     return PlaylistResponse(body, headers=_PLAYLIST_HEADERS)
 
 
-@router.get("/{job_id}/hls/{name}", response_class=FileResponse, responses=responses(401, 404),
+@router.get("/{job_id}/hls/{name}", response_class=MediaFileResponse, responses=responses(401, 404),
             summary="A live stream file: init.mp4 or seg_NNNNN.m4s (fMP4)")
 async def media(job_id: str, name: str, request: Request, access_token: str | None = _ACCESS_TOKEN,
                 svc: ApiServices = Depends(services)):
@@ -69,4 +70,4 @@ async def media(job_id: str, name: str, request: Request, access_token: str | No
     if not hls.is_media_name(name) or not path.is_file():  # the name check keeps reads inside the folder
         raise NotFoundError(f"job {job_id} has no live stream file {name!r}")
     kind = "video/mp4" if name == hls.INIT else "video/iso.segment"
-    return FileResponse(path, media_type=kind, headers=_SEGMENT_HEADERS)
+    return MediaFileResponse(path, media_type=kind, headers=_SEGMENT_HEADERS)

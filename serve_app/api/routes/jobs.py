@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -14,6 +14,7 @@ from actors.errors import (InvalidParameterError, LipserveError, NotFoundError, 
 from serve_app.api import idempotency
 from serve_app.api.auth import Tenant, tenant_of
 from serve_app.api.errors import error_response, responses
+from serve_app.api.file_response import MediaFileResponse
 from serve_app.api.forms import read_form
 from serve_app.api.intake import Submission
 from serve_app.api.json_guard import read_json
@@ -176,7 +177,7 @@ async def get_job(job_id: str, request: Request, svc: ApiServices = Depends(serv
     return await job_view(svc, await job_or_404(svc, job_id, tenant), tenant)
 
 
-@router.get("/{job_id}/result", response_class=FileResponse, responses=responses(401, 404, 409, 410),
+@router.get("/{job_id}/result", response_class=MediaFileResponse, responses=responses(401, 404, 409, 410),
             summary="The finished video (video/mp4); 410 once retention removed it")
 async def get_result(job_id: str, request: Request, svc: ApiServices = Depends(services)):
     rec = await job_or_404(svc, job_id, tenant_of(request))
@@ -186,7 +187,7 @@ async def get_result(job_id: str, request: Request, svc: ApiServices = Depends(s
         err = ResultNotReadyError(f"job {job_id} is {rec.status}; no result")
         err.retryable = rec.status not in TERMINAL
         raise err
-    return FileResponse(rec.result_path, media_type="video/mp4", filename=f"{job_id}.mp4")
+    return MediaFileResponse(rec.result_path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
 
 @router.get("/{job_id}/events", responses=responses(401, 404, 429),
