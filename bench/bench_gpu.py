@@ -10,7 +10,9 @@
 4. GPU memory of one generator (process peak, ``torch.cuda`` / device-level ``mem_get_info``);
 5. concurrent jobs per GPU: 1, 2, 4, 8 render processes at once (each its own generator, as
    separate generator actors would be): per-job and total frames/s; the knee is where per-job
-   speed drops.
+   speed drops;
+6. the sizing ``configs/gpu.yaml`` takes from those figures (``bench/gpu_sizing.py``: generator
+   batch, ``num_gpus``, ``max_ongoing_requests``, ``writer.pool_size``, each with its reason).
 
 Without a usable CUDA device it exits at once with status 3 and a message. Each section has a time
 budget; a section that fails is recorded with its error and the rest still run.
@@ -206,7 +208,7 @@ def _jobs(inp, template: Path, work: Path, n: int, nvenc: bool, batch: int) -> d
         results.append(json.loads(lines[-1][len(TAG):]))
     per_job = [r["frames"] / r["seconds"] for r in results]
     return {"jobs": n, "per_job_fps": statistics.median(per_job), "total_fps": sum(per_job),
-            "codec": results[0]["codec"], "stage_seconds": results[0]["stage_seconds"]}
+            "frames": results[0]["frames"], "codec": results[0]["codec"], "stage_seconds": results[0]["stage_seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(_jobs(inp, template, work, n, True, 64))
             return out
         section("concurrent_jobs_720p_nvenc", conc)
+    from bench.gpu_sizing import recommend, yaml_snippet
+
+    device_mib = torch.cuda.get_device_properties(0).total_memory / 2**20
+    report["sizing"] = recommend(report, device_mib)
+    print("configs/gpu.yaml from these figures (bench/gpu_sizing.py):\n" + yaml_snippet(report["sizing"]), flush=True)
     report["total_seconds"] = time.perf_counter() - t_start
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,7 @@ def summarise(r: dict) -> dict:
     s["generator_fps"] = h.get("generator_fps")
     s["e2e_fps"] = h.get("e2e_fps")
     s["pipeline_efficiency"] = h.get("pipeline_efficiency")
+    s["cpu_ceiling"] = h.get("cpu_ceiling")
     s["headtohead_ratio"] = h.get("headtohead_ratio")
     s["headtohead_cpu_ratio"] = h.get("headtohead_cpu_ratio")
     runs = h.get("runs") or []
@@ -168,6 +169,7 @@ def print_summary(r: dict) -> None:
         ("Wav2Lip ONNX generator only, f/s", _fmt(s["generator_fps"], ".1f"), ""),
         ("end to end (lipserve render), f/s", _fmt(s["e2e_fps"], ".1f"), ""),
         ("pipeline efficiency", _fmt(s["pipeline_efficiency"], ".3f"), ">= 0.9"),
+        ("  CPU-bound ceiling (generator CPU / render CPU)", _fmt(s.get("cpu_ceiling"), ".3f"), ""),
         ("head-to-head vs inference.py flow (wall)", _fmt(s["headtohead_ratio"], ".3f"), "<= 0.45"),
         ("head-to-head (CPU-seconds)", _fmt(s["headtohead_cpu_ratio"], ".3f"), ""),
         ("generator best batch (CPU)", str(s["generator_best_batch"]), ""),
