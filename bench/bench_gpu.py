@@ -16,6 +16,11 @@
 
 Without a usable CUDA device it exits at once with status 3 and a message. Each section has a time
 budget; a section that fails is recorded with its error and the rest still run.
+
+``--device cpu`` is a dry run of every code path on the CPU (tiny batches, a 2 s clip, libx264,
+MuseTalk skipped: its full-size random weights take seconds per frame there), so the one GPU run a
+session gets does not fail on a slip in this script; its figures are CPU figures and say so
+(``dry_run`` in the JSON). ``tests/unit/test_bench_gpu_dry_run.py`` runs it.
 """
 
 from __future__ import annotations
@@ -43,16 +48,21 @@ MUSETALK_BATCHES = (4, 8, 16, 32)
 TAG = "GPUJOB "
 
 
-def _timed(fn, frames: int, repeats: int = 3) -> float:
+def _sync() -> None:
     import torch
 
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn, frames: int, repeats: int = 3) -> float:
     fn()
-    torch.cuda.synchronize()
+    _sync()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         out.append(frames / (time.perf_counter() - t0))
     return statistics.median(out)
 
@@ -60,17 +70,32 @@ def _timed(fn, frames: int, repeats: int = 3) -> float:
 def _device_used_mib() -> float:
     import torch
 
+    if not torch.cuda.is_available():  # the CPU dry run: no device memory to read
+        return 0.0
     free, total = torch.cuda.mem_get_info()
     return (total - free) / 2**20
 
 
-def wav2lip_by_batch(inp, work: Path) -> dict:
+def _peak_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def wav2lip_by_batch(inp, work: Path, device: str = "cuda", batches=WAV2LIP_BATCHES) -> dict:
     import onnxruntime as ort
     import torch
 
     from actors.models.wav2lip_runtime import load_wav2lip
 
-    n = 512
+    n = 512 if device == "cuda" else 2 * max(batches)
     rng = np.random.default_rng(0)
     mel = rng.standard_normal((n, 1, 80, 16)).astype(np.float32)
     face = rng.random((n, 6, 96, 96)).astype(np.float32)
@@ -78,24 +103,25 @@ def wav2lip_by_batch(inp, work: Path) -> dict:
 
     def sweep(runner) -> dict:
         return {b: _timed(lambda: [runner(mel[lo:lo + b], face[lo:lo + b]) for lo in range(0, n, b)], n)
-                for b in WAV2LIP_BATCHES}
+                for b in batches}
 
     base = _device_used_mib()
-    torch.cuda.reset_peak_memory_stats()
-    res["torch_fp16"] = sweep(load_wav2lip(inp.checkpoint, "cuda"))
-    res["torch_fp16_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    _peak_reset()
+    res["torch_fp16"] = sweep(load_wav2lip(inp.checkpoint, device))
+    res["torch_fp16_peak_allocated_mib"] = _peak_mib()
     from actors.models.wav2lip_window import MOUTH_WINDOW
 
-    res["torch_fp16_mouth_window"] = sweep(load_wav2lip(inp.checkpoint, "cuda", window=MOUTH_WINDOW))
-    torch.cuda.empty_cache()
+    res["torch_fp16_mouth_window"] = sweep(load_wav2lip(inp.checkpoint, device, window=MOUTH_WINDOW))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     before = _device_used_mib()
-    ort_runner = load_wav2lip(inp.onnx, "cuda")
+    ort_runner = load_wav2lip(inp.onnx, device)
     res["onnx_cuda_providers"] = ort_runner.providers
     res["onnx_cuda"] = sweep(ort_runner)
     res["onnx_cuda_device_mib"] = _device_used_mib() - before
     res["device_baseline_mib"] = base
     del ort_runner
-    if "TensorrtExecutionProvider" in ort.get_available_providers():
+    if device == "cuda" and "TensorrtExecutionProvider" in ort.get_available_providers():
         try:
             opts = ort.SessionOptions()
             trt = ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
@@ -173,13 +199,18 @@ def make_720p(work: Path, seconds: float = 10.0):
 def job_child(a) -> int:
     from actors.pipeline import LocalRenderer, RenderOptions
 
-    opts = RenderOptions(backend="wav2lip", checkpoint=a.onnx, device="cuda", box=tuple(a.box),
+    opts = RenderOptions(backend="wav2lip", checkpoint=a.onnx, device=a.device, box=tuple(a.box),
                          cache_dir=a.cache_dir, prefer_nvenc=a.nvenc, batch_size=a.batch_size,
                          max_inflight=a.inflight)
     r = LocalRenderer(opts)
     r.render(a.audio, a.template, a.out + ".warm.mp4")  # warm cache, CUDA kernels, encoder
-    if a.start_at:
-        while time.time() < a.start_at:  # start together with the other job processes
+    if a.barrier:  # start together with the other job processes: once every one of them is warm
+        barrier = Path(a.barrier)
+        (barrier / f"{os.getpid()}.ready").write_text("ok")
+        deadline = time.time() + 180
+        while len(list(barrier.glob("*.ready"))) < a.jobs:  # a condition wait on the others' files
+            if time.time() > deadline:
+                raise RuntimeError(f"only {len(list(barrier.glob('*.ready')))} of {a.jobs} job processes got ready")
             time.sleep(0.01)
     s = r.render(a.audio, a.template, a.out)
     print(TAG + json.dumps({"frames": s.frames, "seconds": s.wall_seconds, "codec": r.writer.codec,
@@ -187,17 +218,22 @@ def job_child(a) -> int:
     return 0
 
 
-def _jobs(inp, template: Path, work: Path, n: int, nvenc: bool, batch: int) -> dict:
+def _jobs(inp, template: Path, work: Path, n: int, nvenc: bool, batch: int, device: str = "cuda") -> dict:
     # Box scaled from the presenter's: the 720p clip is the demo at 720x720 centred in 1280.
     x1, y1, x2, y2 = (int(v * 720 / 480) for v in inp.demo_box)
     box = (x1 + 280, y1, x2 + 280, y2)
-    start_at = time.time() + 60.0 if n > 1 else 0.0
+    barrier = work / f"barrier-{n}-{'nvenc' if nvenc else 'x264'}"
+    if n > 1:
+        barrier.mkdir(parents=True, exist_ok=True)
+        for stale in barrier.glob("*.ready"):
+            stale.unlink()
     procs = []
     for k in range(n):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--job-child", "--onnx", inp.onnx,
                "--template", str(template), "--audio", inp.audio, "--cache-dir", str(work / f"cache-job{k}"),
                "--out", str(work / f"job{n}-{k}.mp4"), "--box", *map(str, box), "--batch-size", str(batch),
-               "--start-at", str(start_at)] + (["--nvenc"] if nvenc else [])
+               "--device", device, "--jobs", str(n)] + (["--barrier", str(barrier)] if n > 1 else []) \
+            + (["--nvenc"] if nvenc else [])
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)))
     results = []
     for p in procs:
@@ -220,24 +256,30 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--box", type=int, nargs=4, required=True)
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--inflight", type=int, default=3)
-        p.add_argument("--start-at", type=float, default=0.0)
+        p.add_argument("--device", default="cuda")
+        p.add_argument("--jobs", type=int, default=1)
+        p.add_argument("--barrier", default=None)
         p.add_argument("--nvenc", action="store_true")
         return job_child(p.parse_args(argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=("wav2lip", "musetalk", "e2e", "concurrency"))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cpu: a dry run of every code path with tiny sizes (CPU figures)")
     a = ap.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
+    dry = a.device == "cpu"
+    if not dry and not torch.cuda.is_available():
         print("bench_gpu: no usable CUDA device (torch.cuda.is_available() is False; torch "
               f"{torch.__version__}, CUDA build {torch.version.cuda}). Run this on a GPU machine.", file=sys.stderr)
         return 3
     from bench.presenter import prepare
 
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="lipserve-gpu-"))
-    inp = prepare(work)
+    seconds = 2.0 if dry else 10.0
+    inp = prepare(work, seconds=seconds)
     from actors.face.detector import make_detector
     from actors.media.template import iter_frames
     from bench.presenter import DEMO
@@ -246,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     inp = type("Inputs", (), {**inp.__dict__, "demo_box": demo_box})()
     t_start = time.perf_counter()
     report: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": socket.gethostname(),
-                    "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+                    "gpu": None if dry else torch.cuda.get_device_name(0), "torch": torch.__version__}
+    if dry:
+        report["dry_run"] = "cpu: every section's code path on the CPU with tiny sizes; not GPU figures"
 
     def section(name, fn):
         t0 = time.perf_counter()
@@ -257,33 +301,39 @@ def main(argv: list[str] | None = None) -> int:
         report.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
         print(f"[{name}] {time.perf_counter() - t0:.0f} s: {json.dumps(report[name], default=str)[:600]}", flush=True)
 
+    batch = 8 if dry else 64
     if "wav2lip" not in a.skip:
-        section("wav2lip_generator_fps", lambda: wav2lip_by_batch(inp, work))
+        section("wav2lip_generator_fps",
+                lambda: wav2lip_by_batch(inp, work, a.device, (4, 8) if dry else WAV2LIP_BATCHES))
     if "musetalk" not in a.skip:
-        section("musetalk_generator_fps", lambda: musetalk_by_batch(work))
-    template = make_720p(work)
+        if dry:
+            report["musetalk_generator_fps"] = {"skipped": "cpu dry run (full-size weights: seconds per frame)"}
+        else:
+            section("musetalk_generator_fps", lambda: musetalk_by_batch(work))
+    template = make_720p(work, seconds)
     if "e2e" not in a.skip:
-        section("e2e_720p", lambda: {"libx264": _jobs(inp, template, work, 1, False, 64),
-                                     "nvenc": _jobs(inp, template, work, 1, True, 64)})
+        section("e2e_720p", lambda: {"libx264": _jobs(inp, template, work, 1, False, batch, a.device),
+                                     "nvenc": _jobs(inp, template, work, 1, not dry, batch, a.device)})
     if "concurrency" not in a.skip:
         def conc():
             out = []
-            for n in (1, 2, 4, 8):
+            for n in (1, 2) if dry else (1, 2, 4, 8):
                 if time.perf_counter() - t_start > 420:
                     out.append({"jobs": n, "skipped": "time budget"})
                     continue
-                out.append(_jobs(inp, template, work, n, True, 64))
+                out.append(_jobs(inp, template, work, n, not dry, batch, a.device))
             return out
         section("concurrent_jobs_720p_nvenc", conc)
     from bench.gpu_sizing import recommend, yaml_snippet
 
-    device_mib = torch.cuda.get_device_properties(0).total_memory / 2**20
+    device_mib = None if dry else torch.cuda.get_device_properties(0).total_memory / 2**20
     report["sizing"] = recommend(report, device_mib)
     print("configs/gpu.yaml from these figures (bench/gpu_sizing.py):\n" + yaml_snippet(report["sizing"]), flush=True)
     report["total_seconds"] = time.perf_counter() - t_start
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    out = Path(os.environ.get("OUT", results)) / f"gpu-{dt.date.today().isoformat()}-{socket.gethostname().split('.')[0]}.json"
+    name = f"gpu-{'dry-' if dry else ''}{dt.date.today().isoformat()}-{socket.gethostname().split('.')[0]}.json"
+    out = Path(os.environ.get("OUT", results)) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {out}")

@@ -7,7 +7,7 @@ padded, timestamps re-made from the sample count (gapless). :func:`write_audio_t
 into an MP4 of their own in the job's work dir; the segment driver starts it beside the first
 segments, so the final join is a stream copy of both tracks. Encoding AAC is linear in the audio's
 length (about 9 ms per second of speech on one core), and at the end of a job nothing else would
-overlap with it: a 60 s job's join went from 0.6 s to a few ms.
+overlap with it: the final join of a 60 s job went from 0.60 s to 0.12 s (``bench_pipeline.py``).
 
 The MP4 keeps the encoder's priming packet (pts -1024, hidden by an edit list), and a packet copy
 keeps it too: the joined file decodes to the same samples as one whose AAC was encoded in place.
