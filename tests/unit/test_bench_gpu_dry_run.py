@@ -27,6 +27,8 @@ def test_the_gpu_set_runs_through_on_the_cpu(tmp_path):
     w = report["wav2lip_generator_fps"]
     for engine in ("torch_fp16", "torch_fp16_mouth_window", "onnx_cuda"):
         assert set(w[engine]) == {"4", "8"} and all(v > 0 for v in w[engine].values()), engine
+    m = report["musetalk_generator_fps"]
+    assert set(m["fp16_from_cached_latents"]) == {"1", "2"} and "skipped" in m["compiled_from_cached_latents"]
     e2e = report["e2e_720p"]
     assert {k: e2e[k]["frames"] for k in ("libx264", "nvenc")} == {"libx264": 50, "nvenc": 50}
     conc = report["concurrent_jobs_720p_nvenc"]
@@ -36,4 +38,5 @@ def test_the_gpu_set_runs_through_on_the_cpu(tmp_path):
     sizing = report["sizing"]
     assert sizing["generator"]["batch_size"] in (4, 8) and 0 < sizing["num_gpus"] <= 1
     assert sizing["max_ongoing_requests"] >= 1 and sizing["writer_pool_size"] >= 1
+    assert sizing["goal_musetalk"]["generator_fps"] > 0
     assert "configs/gpu.yaml from these figures" in proc.stdout and "generator.num_gpus:" in proc.stdout

@@ -20,6 +20,7 @@ def _report(per_job=(300, 290, 240, 120), totals=None, device_mib_per_actor=900.
         },
         "e2e_720p": {"nvenc": {"jobs": 1, "per_job_fps": 300.0, "total_fps": 300.0, "frames": 250,
                                "stage_seconds": {"generate": 0.2, "write": 1.25}}},
+        "musetalk_generator_fps": {"fp16_from_cached_latents": {"4": 80.0, "16": 130.0, "32": 120.0}},
         "concurrent_jobs_720p_nvenc": [
             {"jobs": n, "per_job_fps": f, "total_fps": t} for n, f, t in zip(jobs, per_job, totals)],
     }
@@ -47,6 +48,8 @@ def test_recommend_sizes_the_gpu_yaml_numbers_with_a_reason_each():
     # a replica's min(2100, 300 x 4) = 1200 f/s over 250 / 1.25 = 200 f/s per writer
     assert rec["writer_pool_size"] == 6
     assert rec["goal_wav2lip_720p"] == {"fps": 580, "goal": 250.0, "met": True}
+    assert rec["goal_musetalk"]["generator_fps"] == 130.0 and rec["goal_musetalk"]["batch_size"] == 16
+    assert rec["goal_musetalk"]["met"] is True
     assert len(rec["reasons"]) == 4 and all(r for r in rec["reasons"])
     snippet = yaml_snippet(rec)
     values = yaml.safe_load("\n".join(line for line in snippet.splitlines() if not line.startswith("#")))
