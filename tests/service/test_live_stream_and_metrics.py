@@ -29,8 +29,13 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def service(cluster, tmp_path_factory):
-    deploy(small_args(tmp_path_factory.mktemp("storage"), writer={"segment_frames": 25}))
+def chaos(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def service(cluster, chaos, tmp_path_factory):
+    deploy(small_args(tmp_path_factory.mktemp("storage"), writer={"segment_frames": 25}, chaos_dir=str(chaos)))
     client = Client(f"http://127.0.0.1:{cluster}")
     client.wait_http("/readyz", 200)
     yield client
@@ -55,8 +60,12 @@ def series(text: str, name: str) -> list[tuple[dict, float]]:
     return out
 
 
-def test_metrics_during_a_job_and_resource_use_in_the_record(service, metrics_url, tmp_path):
+def test_metrics_during_a_job_and_resource_use_in_the_record(service, chaos, metrics_url, tmp_path):
     audio, video = make_media(tmp_path, 16.0, seed=4)
+    # The job renders in about a second here, and the series are sampled on the replica's health
+    # checks (every 2 s): one slow segment write (0.3 s a frame, the ``writer_slow`` fault) keeps the
+    # job running for several checks, so "scraped while it runs" does not race the job's end.
+    (chaos / "writer_slow").write_text("0.3")
     r = service.submit_files(audio, video, box=BOX)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
