@@ -89,6 +89,16 @@ class JobRunner:
         self.metrics = metrics
         self.active: dict[str, AttemptState] = {}  # this replica's running attempts, by job id
 
+    def client_names(self, job: JobRecord) -> dict[str, str]:
+        """Server paths -> what a client may see in an error: its own files by the names it gave,
+        and any other path under storage_dir (segments, the AAC track, the avatar cache) as
+        ``<storage>/...``, so an internal error that names a file shows no server path either."""
+        names = dict(job.params.client_names()) if job.params else {}
+        root = self.storage.root
+        for form in {str(root), str(root.resolve())}:
+            names.setdefault(form, "<storage>")
+        return names
+
     def oldest_progress_at(self) -> float:
         """The oldest last-progress time of the running attempts; now when none runs."""
         return min((st.last_progress_at for st in self.active.values()), default=time.time())
@@ -191,7 +201,7 @@ class JobRunner:
                 self.metrics.job_finished("succeeded", None)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded
             error = exc if isinstance(exc, LipserveError) else unwrap_ray_error(exc, state.stage)
-            error = with_client_names(error, job.params.client_names())
+            error = with_client_names(error, self.client_names(job))
             if isinstance(exc, asyncio.CancelledError):
                 # The replica is shutting down: give the job back so another replica resumes it.
                 await self.store.release(job.id, self.owner)

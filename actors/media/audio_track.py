@@ -22,7 +22,7 @@ from typing import Iterator
 
 import av
 
-from actors.errors import EmptyAudioError, NoAudioStreamError, UnreadableFileError
+from actors.errors import EmptyAudioError, InternalError, NoAudioStreamError, UnreadableFileError
 from actors.media.atomic import atomic_output
 from actors.media.open import open_media
 
@@ -114,5 +114,6 @@ def track_packets(container, stream, path: str) -> Iterator[Timed]:
             if packet.size == 0 or packet.pts is None:  # the demuxer's end-of-stream flush packet
                 continue
             yield (float(packet.pts * stream.time_base), 1, packet)
-    except (av.FFmpegError, OSError) as exc:
-        raise UnreadableFileError(f"cannot read the audio track {path}: {exc}", path=path, stage=_STAGE) from exc
+    except (av.FFmpegError, OSError) as exc:  # our own file, not the client's: an internal fault
+        raise InternalError(f"cannot read the job's AAC track ({os.path.basename(path)}): {type(exc).__name__}",
+                            stage=_STAGE) from exc

@@ -140,7 +140,13 @@ def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitr
     segment_paths = [str(p) for p in segment_paths]
     if not segment_paths:
         raise InvalidParameterError(f"{out_path}: no segments to join", path=str(out_path), stage=_STAGE)
-    audio_in = open_media(audio_path)
+    try:
+        audio_in = open_media(audio_path)
+    except LipserveError as exc:
+        if copy_audio:  # the service's own file, not the client's: an internal fault, no path shown
+            raise InternalError(f"cannot open the job's AAC track ({os.path.basename(audio_path)}): "
+                                f"{exc.code.value}", stage=_STAGE) from exc
+        raise
     try:
         with atomic_output(out_path, "joining the segments") as tmp:
             a_in = audio_stream(audio_in, audio_path)

@@ -44,3 +44,22 @@ def test_taken_over_or_cancelled_is_not_a_success(store, tmp_path):
     store.claim(cancelled.id, "me", 5.0)
     store.cancel(cancelled.id)
     assert asyncio.run(runner._succeeded_here(cancelled.id, "/r/result.mp4")) is False
+
+
+def test_errors_show_the_clients_names_and_no_server_path(store, tmp_path):
+    """An attempt's error names the client's files by the names it gave, and any other file under
+    storage_dir (a segment, the job's AAC track) relative to ``<storage>``."""
+    from actors.errors import InternalError, UnreadableFileError, with_client_names
+
+    runner = _runner(store, tmp_path, "me")
+    root = runner.storage.root
+    audio = str(root / "jobs" / "j1" / "inputs" / "audio.wav")
+    rec = store.create(JobParams(audio_path=audio, video_path=str(root / "avatars" / "t.mp4"),
+                                 display={"audio": "speech.wav", "video": "presenter.mp4"}))
+    names = runner.client_names(store.get(rec.id))
+    client = with_client_names(UnreadableFileError("cannot decode audio", path=audio), names)
+    assert client.message == "speech.wav: cannot decode audio" and client.path == "speech.wav"
+    segment = root.resolve() / "jobs" / "j1" / "segments" / "seg_00003.mp4"
+    internal = with_client_names(InternalError("segment file is missing", path=str(segment)), names)
+    assert internal.message == "<storage>/jobs/j1/segments/seg_00003.mp4: segment file is missing"
+    assert str(tmp_path) not in internal.message

@@ -113,3 +113,18 @@ def test_a_stopped_attempt_encodes_no_track(tmp_path):
     with pytest.raises(CancelledError):
         SegmentWriter().encode_audio_track(str(audio), tmp_path / AUDIO_TRACK_NAME, stop=stop)
     assert not (tmp_path / AUDIO_TRACK_NAME).exists()
+
+
+def test_an_unreadable_track_is_an_internal_error_without_its_path(tmp_path, segments):
+    """The track is the service's own file: a broken one is not blamed on the client's audio, and
+    the message shows no server path."""
+    from actors.errors import InternalError
+
+    audio = write_audio(tmp_path / "a.wav", speech_like(0.8, seed=5))
+    track = write_audio_track(str(audio), tmp_path / AUDIO_TRACK_NAME)
+    broken = tmp_path / "broken.m4a"
+    broken.write_bytes(open(track, "rb").read()[:40])  # cut inside the MP4 header
+    with pytest.raises(InternalError) as info:
+        join_segments(segments, broken, tmp_path / "out.mp4", FPS, copy_audio=True)
+    assert str(tmp_path) not in info.value.message and "AAC track" in info.value.message
+    assert not (tmp_path / "out.mp4").exists()
