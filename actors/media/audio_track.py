@@ -46,10 +46,8 @@ def aac_layout_and_rate(stream) -> tuple[str, int]:
     return layout, rate
 
 
-def aac_packets(container, in_stream, out_stream, rate: int, layout: str, path: str,
-                counter: list[int]) -> Iterator[Timed]:
-    """Decode the original audio, resample to fltp (same rate/channels), encode AAC, yield packets;
-    ``counter[0]`` ends as the number of samples encoded."""
+def aac_packets(container, in_stream, out_stream, rate: int, layout: str, path: str) -> Iterator[Timed]:
+    """Decode the original audio, resample to fltp (same rate/channels), encode AAC, yield packets."""
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=1024)
     tb = Fraction(1, rate)
     n = 0
@@ -72,7 +70,6 @@ def aac_packets(container, in_stream, out_stream, rate: int, layout: str, path: 
             yield (float(packet.pts * packet.time_base), 1, packet)
     except (av.FFmpegError, OSError) as exc:
         raise UnreadableFileError(f"cannot decode audio of {path}: {exc}", path=path, stage=_STAGE) from exc
-    counter[0] = n
     if n == 0:
         raise EmptyAudioError(f"{path}: the audio track holds no samples", path=path, stage=_STAGE)
     for packet in out_stream.encode(None):
@@ -99,7 +96,7 @@ def write_audio_track(audio_path: str, out_path: str | os.PathLike, audio_bitrat
             with av.open(str(tmp), "w", format="mp4") as out:
                 a_out = out.add_stream("aac", rate=rate, layout=layout)
                 a_out.bit_rate = int(audio_bitrate)
-                for _, _, packet in aac_packets(audio_in, a_in, a_out, rate, layout, audio_path, [0]):
+                for _, _, packet in aac_packets(audio_in, a_in, a_out, rate, layout, audio_path):
                     packet.stream = a_out
                     out.mux(packet)
     finally:

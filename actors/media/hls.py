@@ -33,7 +33,7 @@ from pathlib import Path
 import av
 
 from actors.errors import InternalError
-from actors.media.atomic import atomic_output, atomic_write
+from actors.media.atomic import atomic_write
 from actors.media.encode import check_fps
 from actors.media.open import open_media
 

@@ -162,7 +162,7 @@ def join_segments(segment_paths, audio_path, out_path, fps: Fraction, audio_bitr
                         layout, rate = aac_layout_and_rate(a_in)
                         a_out = out.add_stream("aac", rate=rate, layout=layout)
                         a_out.bit_rate = int(audio_bitrate)
-                        audio = aac_packets(audio_in, a_in, a_out, rate, layout, audio_path, [0])
+                        audio = aac_packets(audio_in, a_in, a_out, rate, layout, audio_path)
                     n_video = [0]
                     packets = heapq.merge(_video_packets(segment_paths, fps, first.streams.video[0], n_video),
                                           audio, key=lambda item: (item[0], item[1]))

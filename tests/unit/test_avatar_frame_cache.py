@@ -11,7 +11,8 @@ from actors.avatar import FRAMES_FILE, AvatarCache, AvatarParams
 from actors.crop_geometry import PaddedBoxGeometry
 from actors.media.template import iter_frames
 from actors.segment_writer import SegmentWriter
-from tests.unit.test_segment_writer_yuv import BOX, PRESENT, SOURCES, _generated, smooth_frames, write_template
+from tests.media import write_template
+from tests.unit.test_segment_writer_yuv import BOX, PRESENT, SOURCES, _generated, smooth_frames
 
 GEOMETRY = PaddedBoxGeometry(96)
 

@@ -17,7 +17,7 @@ from actors.media.join import join_segments
 from actors.driver import DrivePolicy, RenderRequest, SegmentDriver
 from actors.local_stages import LocalStages
 from actors.pipeline import LocalRenderer, RenderOptions, avatar_params_for
-from actors.segment_writer import SegmentWriter
+from actors.segment_writer import NEVER, SegmentWriter
 from tests.media import speech_like, synthetic_frames, write_audio, write_video
 
 BOX = (40, 20, 120, 110)
@@ -37,13 +37,12 @@ class RecordingWriter(SegmentWriter):
         with self.lock:
             self.events.append((what, detail))
 
-    def encode_audio_track(self, audio_path, track_path, stop=None):
+    def encode_audio_track(self, audio_path, track_path, stop=NEVER):
         self._note("track_start", str(track_path))
         try:
             if self.track_seconds:  # a slow call (a long track on a busy writer)
                 threading.Event().wait(self.track_seconds)
-            out = super().encode_audio_track(audio_path, track_path, stop) if stop else \
-                super().encode_audio_track(audio_path, track_path)
+            out = super().encode_audio_track(audio_path, track_path, stop)
         except Exception as exc:
             self._note("track_end", type(exc).__name__)
             raise
@@ -51,17 +50,15 @@ class RecordingWriter(SegmentWriter):
         self._note("track_done", out)
         return out
 
-    def write_segment(self, avatar, sources, present, generated, out_path, stop=None):
+    def write_segment(self, avatar, sources, present, generated, out_path, stop=NEVER):
         self._note("segment_start", str(out_path))
         if self.fail_segment:
             raise InternalError("the disk is full")
-        return super().write_segment(avatar, sources, present, generated, out_path, stop) if stop else \
-            super().write_segment(avatar, sources, present, generated, out_path)
+        return super().write_segment(avatar, sources, present, generated, out_path, stop)
 
-    def finalize(self, segment_paths, audio_track, out_path, fps, stop=None):
+    def finalize(self, segment_paths, audio_track, out_path, fps, stop=NEVER):
         self._note("finalize", str(audio_track))
-        return super().finalize(segment_paths, audio_track, out_path, fps, stop) if stop else \
-            super().finalize(segment_paths, audio_track, out_path, fps)
+        return super().finalize(segment_paths, audio_track, out_path, fps, stop)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,16 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from av.video.reformatter import Interpolation
 
 from actors.avatar import AvatarCache, AvatarParams
 from actors.crop_geometry import MuseTalkGeometry, PaddedBoxGeometry
 from actors.media.i420 import even_rect, planes
 from actors.media.template import iter_frames
 from actors.segment_writer import SegmentWriter
+from tests.media import write_template
 
 W, H = 160, 128
 BOX = (40, 20, 120, 110)
-_SWS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 
 
 def smooth_frames(n: int, w: int = W, h: int = H) -> list[np.ndarray]:
@@ -36,46 +35,6 @@ def smooth_frames(n: int, w: int = W, h: int = H) -> list[np.ndarray]:
         img[..., 2] = 90 + 60 * np.cos((xx + 3 * i) / 23.0) * np.sin(yy / 17.0)
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
-
-
-def write_template(path: Path, frames, pix_fmt: str = "yuv420p", colorspace: int | None = None,
-                   color_range: int | None = None, rotation: int | None = None, yuv_noise: int = 0) -> Path:
-    """A lossless libx264 template in ``pix_fmt`` with the given colour tags (converted accurately).
-    ``yuv_noise``: +-noise added to the yuv420p samples and a sub-black, saturated stripe along the
-    top (outside the paste), so that not all samples are the conversion of some BGR picture, as in
-    a real, lossy-coded template: a yuv -> bgr -> yuv round trip moves those."""
-    rng = np.random.default_rng(5)
-    h, w = frames[0].shape[:2]
-    dst_cs = {None: None, 1: "itu709", 6: "smpte170m"}[colorspace]
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
-        if colorspace is not None:
-            vs.codec_context.colorspace = colorspace
-        if color_range is not None:
-            vs.codec_context.color_range = color_range
-        vs.codec_context.options = {"crf": "0"}
-        if rotation is not None:
-            vs.set_display_rotation(-rotation)  # PyAV's angle is counter-clockwise
-        for i, img in enumerate(frames):
-            kw = {"interpolation": _SWS}
-            if dst_cs:
-                kw["dst_colorspace"] = dst_cs
-            if color_range is not None:
-                kw["dst_color_range"] = color_range
-            f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format=pix_fmt, **kw)
-            if yuv_noise:
-                samples = f.to_ndarray().astype(np.int16)
-                samples += rng.integers(-yuv_noise, yuv_noise + 1, samples.shape, dtype=np.int16)
-                samples[:4] = 10  # sub-black luma in the top rows (4 rows of the upright frame or not)
-                samples[h:h + 2] = 200  # and strongly coloured: out of the RGB gamut
-                f = av.VideoFrame.from_ndarray(np.clip(samples, 0, 255).astype(np.uint8), format=pix_fmt)
-            f.pts = i
-            for p in vs.encode(f):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-    return path
 
 
 def _avatar(tmp_path: Path, video: Path, geometry):

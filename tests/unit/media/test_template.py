@@ -7,7 +7,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.reformatter import Interpolation
 import numpy as np
 import pytest
 
@@ -24,7 +23,7 @@ from actors.limits import MediaLimits
 from actors.media.color import rotate_upright
 from actors.media.template import TemplateInfo, iter_frames, probe_template
 from actors.plan import source_index_map
-from tests.media import speech_like, synthetic_frames, write_audio, write_video
+from tests.media import speech_like, synthetic_frames, write_audio, write_template, write_video
 
 W, H = 64, 48
 
@@ -375,7 +374,6 @@ def _ref_bgr(i420: np.ndarray, kr: float, kb: float, full: bool) -> np.ndarray:
 
 
 BT601, BT709 = (0.299, 0.114), (0.2126, 0.0722)
-_SWS_ENC = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 
 
 @pytest.mark.parametrize("fmt,colorspace,color_range,matrix,full", [
@@ -428,29 +426,10 @@ def test_yuv_to_bgr_swscale_fallback_is_unbiased(fmt):
     assert abs(float((got.astype(np.float64) - bgr).mean())) < 0.3
 
 
-def _write_tagged(path: Path, frames, colorspace: int, color_range: int, dst_colorspace: str) -> Path:
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.codec_context.colorspace, vs.codec_context.color_range = colorspace, color_range
-        vs.codec_context.options = {"crf": "12"}
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(
-                format="yuv420p", dst_colorspace=dst_colorspace, dst_color_range=color_range,
-                interpolation=_SWS_ENC)
-            f.pts = i
-            for p in vs.encode(f):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-    return path
-
-
 def test_iter_frames_honours_bt709_tag(tmp_path):
     colours = [(40, 160, 200), (200, 60, 90), (128, 128, 128), (20, 30, 230)]
     frames = [np.full((H, W, 3), c, np.uint8) for c in colours]
-    p = _write_tagged(tmp_path / "bt709.mp4", frames, colorspace=1, color_range=1, dst_colorspace="itu709")
+    p = write_template(tmp_path / "bt709.mp4", frames, colorspace=1, color_range=1, crf=12)
     with av.open(str(p)) as c:
         assert int(next(c.decode(video=0)).colorspace) == 1
     decoded = [f for _, f in iter_frames(p)]
@@ -467,7 +446,7 @@ def test_iter_frames_honours_bt709_tag(tmp_path):
 def test_iter_frames_flat_greys_unbiased(tmp_path):
     greys = list(range(16, 236, 5)) + [235]
     frames = [np.full((H, W, 3), g, np.uint8) for g in greys]
-    p = _write_tagged(tmp_path / "greys.mp4", frames, colorspace=6, color_range=1, dst_colorspace="smpte170m")
+    p = write_template(tmp_path / "greys.mp4", frames, colorspace=6, color_range=1, crf=12)
     decoded = [f for _, f in iter_frames(p)]
     errors = [float(f.mean()) - g for f, g in zip(decoded, greys)]
     assert max(abs(e) for e in errors) <= 1.0, errors  # luma has 220 steps for 256 levels
