@@ -11,6 +11,8 @@ class ChaosHooks:
     """Fault injection for the chaos tests: a marker file in ``chaos_dir`` triggers one fault.
 
     A marker is consumed atomically (rename), so exactly one call sees it even across restarts.
+    A payload ending in ``after N`` lets N calls pass first (each puts the marker back with N-1),
+    so a test can place a mid-job fault before the job starts instead of racing its progress.
     Disabled (``chaos_dir=None``) in every shipped config.
     """
 
@@ -27,11 +29,28 @@ class ChaosHooks:
         except FileNotFoundError:
             return None
         payload = taken.read_text().strip()
+        value, sep, count = payload.rpartition(" after ")
+        if sep and count.isdigit():
+            if int(count) > 0:
+                # The taken file is this call's alone; renamed back whole, no call reads it half written.
+                taken.write_text(f"{value} after {int(count) - 1}")
+                os.replace(taken, marker)
+                return None
+            payload = value
         taken.unlink(missing_ok=True)
         return payload or "1"
 
     def present(self, name: str) -> bool:
         return self.dir is not None and (self.dir / name).exists()
+
+    def seconds(self, name: str) -> float:
+        """A standing (not consumed) marker's payload in seconds; 0 when absent or unreadable."""
+        if self.dir is None:
+            return 0.0
+        try:
+            return float((self.dir / name).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0.0
 
 
 class SlowFrames:

@@ -57,6 +57,9 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("chaos")
     storage, chaos_dir, media = root / "storage", root / "faults", root / "media"
     chaos_dir.mkdir()
+    # Each generate call takes 0.1 s longer: a 7 s job runs ~2 s instead of ~0.6 s, so a fault
+    # injected on seeing its progress lands mid-job, not after it (the output is unchanged).
+    (chaos_dir / "generator_slow").write_text("0.1")
     deploy(chaos_args(storage, chaos_dir))
     client = Client(f"http://127.0.0.1:{port}", ADMIN_KEY)
     client.wait_http("/readyz", 200)
@@ -139,10 +142,14 @@ def test_generator_out_of_memory_once(env):
 
 
 def test_stuck_generator_is_detected_and_retried(env):
-    job_id = run_until_progress(env, 0.2)
-    (env["faults"] / "generator_hang").write_text("600")
+    # Placed before the job starts: the 5th generate call hangs, after segments have finished and
+    # the runner knows how long one takes (a marker written on seeing progress raced a fast job).
+    (env["faults"] / "generator_hang").write_text("600 after 4")
+    job_id = submit(env["client"], env["audio"], env["video"])
     rec = assert_recovered(env, job_id, "stage_timeout", incident=False)
-    assert "no segment finished" in [a for a in rec["attempts"] if a.get("error")][0]["error"]["message"]
+    message = next(a for a in rec["attempts"] if a.get("error"))["error"]["message"]
+    assert "no segment finished" in message, message
+    assert not (env["faults"] / "generator_hang").exists()
 
 
 def test_non_retryable_input_error_fails_fast(env, tmp_path):
@@ -188,7 +195,7 @@ def _serve_actor_names() -> list[str]:
 
 def test_restart_whole_application_with_jobs_queued_and_running(env, tmp_path):
     client = env["client"]
-    long_audio, video = make_media(tmp_path, 40.0, seed=8)
+    long_audio, video = make_media(tmp_path, 15.0, seed=8)  # ~5 s at 0.1 s per generate call
     ref_id = submit(client, long_audio, video)  # fault-free reference of the long job
     long_ref = decode_frames(client.download_result(client.wait(ref_id, timeout=180)["id"]))
 

@@ -31,12 +31,17 @@ from tests.service.harness import (
 )
 
 LEASE_S = 5.0  # longer than a fast PostgreSQL restart, so the restart costs no lease
-CLIP_S = 12.0  # long enough to be mid-render when the fault hits (a few seconds on 2 cores)
+CLIP_S = 12.0  # with the slow generator below, mid-render when the fault hits
 
 
 def pg_args(storage, url: str) -> dict:
+    chaos = storage.parent / "faults"
+    chaos.mkdir(parents=True, exist_ok=True)
+    # Each generate call takes 0.05 s longer: a job lasts ~3 s, not ~1 s, so a fault injected on
+    # seeing its progress lands mid-render (the output is unchanged).
+    (chaos / "generator_slow").write_text("0.05")
     return small_args(
-        storage, job_store="postgres", database_url=url, auth=admin_auth(storage),
+        storage, job_store="postgres", database_url=url, auth=admin_auth(storage), chaos_dir=str(chaos),
         writer={"pool_size": 2, "num_cpus": 0.1, "segment_frames": 10},
         jobs={"lease_s": LEASE_S, "heartbeat_s": 0.5, "retry_backoff_s": 0.2, "max_inflight_segments": 2},
         pipeline={"num_cpus": 0.1, "max_ongoing_requests": 4, "graceful_shutdown_timeout_s": 0.5,
