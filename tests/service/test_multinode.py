@@ -21,14 +21,15 @@ def env(tmp_path_factory, pg_server):
     url = pg_server.create_database()
     sim = SimulatedCluster(workers=2)
     root = tmp_path_factory.mktemp("multinode")
+    (root / "faults").mkdir()
     args = gpu_config_on_cpu(root / "storage", url,
                              pipeline={"max_ongoing_requests": 2, "autoscaling": {"min_replicas": 2}},
-                             auth=admin_auth(root / "storage"))
+                             auth=admin_auth(root / "storage"), chaos_dir=str(root / "faults"))
     serve.run(build_app(args), name="lipserve", route_prefix="/")
     client = Client(f"http://127.0.0.1:{sim.port}", key=ADMIN_KEY)
     client.wait_http("/readyz", 200, timeout=120)
     media = root / "media"
-    yield {"sim": sim, "client": client, "media": media, "args": args}
+    yield {"sim": sim, "client": client, "media": media, "args": args, "faults": root / "faults"}
     sim.shutdown()
     pg_server.drop_database(url)
 
@@ -88,6 +89,9 @@ def test_burst_scales_the_pipeline_up_and_idle_scales_it_down(env):
 def test_worker_removed_mid_job_its_jobs_finish_on_the_other(env):
     client, sim = env["client"], env["sim"]
     audio, video = make_media(env["media"], 12.0, seed=3)
+    # Each generate call takes 0.2 s longer while this marker stands: both jobs are still running
+    # when the worker goes (unslowed, a 12 s job ends about a second after it is seen running).
+    (env["faults"] / "generator_slow").write_text("0.2")
     jobs = [submit(client, audio, video) for _ in range(2)]
     running = [client.wait(j, predicate=lambda r: r["status"] == "running" and r["progress"] >= 0.1, timeout=120)
                for j in jobs]
@@ -95,6 +99,7 @@ def test_worker_removed_mid_job_its_jobs_finish_on_the_other(env):
     doomed = next(n for n in sim.workers if n.node_id.startswith(doomed_prefix))
     on_doomed = [r["id"] for r in running if owner_node(r["attempts"][-1]["owner"]) == doomed_prefix]
     sim.remove_worker(doomed)
+    (env["faults"] / "generator_slow").unlink()
     (survivor,) = sim.workers
     for job_id in jobs:
         rec = client.wait(job_id, timeout=240)
