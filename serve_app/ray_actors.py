@@ -92,8 +92,9 @@ class GeneratorActor:
         if hang:
             # A stuck call: the job runner must notice the missing progress and recover.
             time.sleep(float(hang) if hang != "1" else 3600.0)
-        # A slow GPU: keeps the chaos tests' jobs running long enough to be hit mid-job.
-        time.sleep(self.chaos.seconds("generator_slow"))
+        slow = self.chaos.seconds("generator_slow")
+        if slow:  # a slow GPU: keeps the chaos tests' jobs running long enough to be hit mid-job
+            time.sleep(slow)
         if len(faces) == 0:
             return faces, self.pid
         try:
