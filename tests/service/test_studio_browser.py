@@ -45,7 +45,11 @@ document.addEventListener('DOMContentLoaded', () => {
 @pytest.fixture(scope="module")
 def service(cluster, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
-    deploy(small_args(storage))
+    faults = tmp_path_factory.mktemp("faults")
+    # Each generate call takes 0.15 s longer: the 14 s demo job renders for ~3.5 s instead of
+    # ~1.5 s, across several heartbeats, so the page can show its "Rendering frames" stage.
+    (faults / "generator_slow").write_text("0.15")
+    deploy(small_args(storage, chaos_dir=str(faults)))
     client = Client(f"http://127.0.0.1:{cluster}")
     client.wait_http("/readyz", 200)
     index = client.http.get("/")
