@@ -13,6 +13,7 @@ class ChaosHooks:
     A marker is consumed atomically (rename), so exactly one call sees it even across restarts.
     A payload ending in ``after N`` lets N calls pass first (each puts the marker back with N-1),
     so a test can place a mid-job fault before the job starts instead of racing its progress.
+    A standing marker (``generator_slow``) is read by :meth:`seconds` on every call, never consumed.
     Disabled (``chaos_dir=None``) in every shipped config.
     """
 
