@@ -154,6 +154,16 @@ def make_media(directory: Path, seconds: float, seed: int = 0, template_frames: 
     return audio, video
 
 
+def slow_generator(chaos_dir: Path, seconds: float) -> Path:
+    """Stand a ``generator_slow`` marker (``serve_app/chaos.py``): while it exists, every generate
+    call takes ``seconds`` longer, so a test's job is still running when its fault lands (the output
+    is unchanged). Returns the marker: unlink it to end the slowdown."""
+    chaos_dir.mkdir(parents=True, exist_ok=True)
+    marker = chaos_dir / "generator_slow"
+    marker.write_text(str(seconds))
+    return marker
+
+
 def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.1):
     """Wait for a condition with a deadline; fails with ``what`` if it never holds."""
     deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from tests.service.harness import (
     make_media,
     pipeline_handle,
     psnr,
+    slow_generator,
     ray_processes,
     small_args,
     start_cluster,
@@ -59,7 +60,7 @@ def env(tmp_path_factory):
     chaos_dir.mkdir()
     # Each generate call takes 0.1 s longer: a 7 s job runs ~2 s instead of ~0.6 s, so a fault
     # injected on seeing its progress lands mid-job, not after it (the output is unchanged).
-    (chaos_dir / "generator_slow").write_text("0.1")
+    slow_generator(chaos_dir, 0.1)
     deploy(chaos_args(storage, chaos_dir))
     client = Client(f"http://127.0.0.1:{port}", ADMIN_KEY)
     client.wait_http("/readyz", 200)

@@ -12,7 +12,8 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from tests.service.harness import ADMIN_KEY, BOX, Client, admin_auth, make_media, pipeline_handle, wait_until
+from tests.service.harness import (ADMIN_KEY, BOX, Client, admin_auth, make_media, pipeline_handle,
+                                   slow_generator, wait_until)
 from tests.service.multinode import SimulatedCluster, gpu_config_on_cpu, owner_node, running_replicas
 
 
@@ -91,7 +92,7 @@ def test_worker_removed_mid_job_its_jobs_finish_on_the_other(env):
     audio, video = make_media(env["media"], 12.0, seed=3)
     # Each generate call takes 0.2 s longer while this marker stands: both jobs are still running
     # when the worker goes (unslowed, a 12 s job ends about a second after it is seen running).
-    (env["faults"] / "generator_slow").write_text("0.2")
+    slow = slow_generator(env["faults"], 0.2)
     jobs = [submit(client, audio, video) for _ in range(2)]
     running = [client.wait(j, predicate=lambda r: r["status"] == "running" and r["progress"] >= 0.1, timeout=120)
                for j in jobs]
@@ -99,7 +100,7 @@ def test_worker_removed_mid_job_its_jobs_finish_on_the_other(env):
     doomed = next(n for n in sim.workers if n.node_id.startswith(doomed_prefix))
     on_doomed = [r["id"] for r in running if owner_node(r["attempts"][-1]["owner"]) == doomed_prefix]
     sim.remove_worker(doomed)
-    (env["faults"] / "generator_slow").unlink()
+    slow.unlink()
     (survivor,) = sim.workers
     for job_id in jobs:
         rec = client.wait(job_id, timeout=240)

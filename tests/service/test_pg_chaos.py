@@ -22,6 +22,7 @@ from tests.service.harness import (
     deploy,
     make_media,
     pipeline_handle,
+    slow_generator,
     small_args,
     ADMIN_KEY,
     admin_auth,
@@ -36,10 +37,9 @@ CLIP_S = 12.0  # with the slow generator below, mid-render when the fault hits
 
 def pg_args(storage, url: str) -> dict:
     chaos = storage.parent / "faults"
-    chaos.mkdir(parents=True, exist_ok=True)
     # Each generate call takes 0.05 s longer: a job lasts ~3 s, not ~1 s, so a fault injected on
     # seeing its progress lands mid-render (the output is unchanged).
-    (chaos / "generator_slow").write_text("0.05")
+    slow_generator(chaos, 0.05)
     return small_args(
         storage, job_store="postgres", database_url=url, auth=admin_auth(storage), chaos_dir=str(chaos),
         writer={"pool_size": 2, "num_cpus": 0.1, "segment_frames": 10},

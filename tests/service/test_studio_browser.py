@@ -14,7 +14,7 @@ from ray import serve
 from tests.media import ASSETS, speech_like, write_audio
 from tests.service.browser import (DESKTOP, PHONE, PageLog, browser, low_contrast_texts, screenshot,
                                    unlabelled_controls)
-from tests.service.harness import Client, deploy, make_media, small_args
+from tests.service.harness import Client, deploy, make_media, slow_generator, small_args
 
 DEMO_AUDIO = ASSETS / "demo_speech.wav"
 DEMO_VIDEO = ASSETS / "demo_template.mp4"
@@ -48,7 +48,7 @@ def service(cluster, tmp_path_factory):
     faults = tmp_path_factory.mktemp("faults")
     # Each generate call takes 0.15 s longer: the 14 s demo job renders for ~3.5 s instead of
     # ~1.5 s, across several heartbeats, so the page can show its "Rendering frames" stage.
-    (faults / "generator_slow").write_text("0.15")
+    slow_generator(faults, 0.15)
     deploy(small_args(storage, chaos_dir=str(faults)))
     client = Client(f"http://127.0.0.1:{cluster}")
     client.wait_http("/readyz", 200)
